@@ -103,6 +103,10 @@ class ObjectStore(ABC):
     """
 
     scheme: str = ""
+    # Where the store's keys live inside a bucket, for stores that have one: lets an
+    # event naming (bucket, full key) be mapped back to a store key.
+    bucket: str | None = None
+    prefix: str = ""
 
     def __init__(self, *, read_only: bool = False, retry: RetryPolicy | None = None) -> None:
         self.read_only = read_only
@@ -210,6 +214,16 @@ class ObjectStore(ABC):
             f"{self.url} accepted a put-if-absent over an existing object ({probe_key}); "
             "conditional writes are required"
         )
+
+    def key_from_event(self, bucket: str, key: str) -> str | None:
+        """The store key an event's (bucket, object name) refers to, or None when the
+        object lies outside this store (another bucket, or outside the prefix)."""
+        if self.bucket and bucket and bucket != self.bucket:
+            return None
+        if self.prefix:
+            head = self.prefix.rstrip("/") + "/"
+            return key[len(head) :] if key.startswith(head) else None
+        return key
 
     def add_observer(self, fn: Callable[[str], None]) -> None:
         """Call `fn(kind)` for every request this store sends (metrics hook)."""

@@ -1,0 +1,18 @@
+"""ingest — write-only HTTP function: `POST /ingest` makes a batch durable, then 202."""
+
+import functions_framework
+from brainy import web
+from brainy.ingest import parse_body
+from flask import Request, Response
+
+
+def _ingest(app, request: Request) -> Response:
+    body = web.read_body(request, app.settings.max_body_size)
+    payload = parse_body(body, request.content_type or "", request.args.get("collection"))
+    outcome = app.ingest(payload, request.headers.get("Idempotency-Key"))
+    return web.json_response(202, outcome.to_dict())
+
+
+@functions_framework.http
+def ingest(request: Request) -> Response:
+    return web.serve(request, "ingest", {("POST", "/ingest"): _ingest, ("POST", "/"): _ingest})

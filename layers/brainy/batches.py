@@ -1,0 +1,145 @@
+"""Batches: the immutable, checksummed objects writers put in `<collection>/wal/`.
+
+A batch is written once, by put-if-absent, and never changed. Its encoding is
+`MAGIC | xxh3-128 digest of the body | body`, the body being a length-prefixed
+JSON header (ids, operations, timestamps, metadata) followed by the float32
+vectors of the upserts, in record order.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import xxhash
+
+MAGIC = b"BRAINYB1"
+UPSERT = "u"
+DELETE = "d"
+WAL = "wal"
+BATCH_SUFFIX = ".batch"
+
+
+class CorruptBatch(ValueError):
+    """A batch object fails its checksum or cannot be decoded."""
+
+
+@dataclass
+class Batch:
+    """Records of one write: upserts carry a vector, deletes do not.
+
+    `timestamps` are integer microseconds, strictly increasing within a writer,
+    so (timestamp, writer) orders every record Brainy has ever seen.
+    """
+
+    collection: str
+    writer: str
+    ids: list[str]
+    ops: list[str]
+    timestamps: np.ndarray  # int64, one per record
+    vectors: np.ndarray  # float32, one row per upsert, in record order
+    metadata: list[dict | None]  # one per record (None for deletes)
+    request_hash: str = ""
+
+    @property
+    def upserts(self) -> int:
+        return sum(1 for op in self.ops if op == UPSERT)
+
+    @property
+    def deletes(self) -> int:
+        return len(self.ops) - self.upserts
+
+    def encode(self) -> bytes:
+        header = json.dumps(
+            {
+                "format": 1,
+                "collection": self.collection,
+                "writer": self.writer,
+                "ids": self.ids,
+                "ops": "".join(self.ops),
+                "timestamps": [int(t) for t in self.timestamps],
+                "metadata": self.metadata,
+                "dimension": int(self.vectors.shape[1]) if self.vectors.ndim == 2 else 0,
+                "request_hash": self.request_hash,
+            },
+            separators=(",", ":"),
+        ).encode()
+        body = struct.pack("<Q", len(header)) + header + self.vectors.astype("<f4").tobytes()
+        return MAGIC + xxhash.xxh3_128_digest(body) + body
+
+    @classmethod
+    def decode(cls, data: bytes, key: str = "") -> Batch:
+        if len(data) < len(MAGIC) + 24 or not data.startswith(MAGIC):
+            raise CorruptBatch(f"{key}: not a Brainy batch (bad magic or truncated)")
+        digest, body = data[len(MAGIC) : len(MAGIC) + 16], data[len(MAGIC) + 16 :]
+        if xxhash.xxh3_128_digest(body) != digest:
+            raise CorruptBatch(f"{key}: checksum mismatch")
+        try:
+            (hlen,) = struct.unpack_from("<Q", body)
+            header = json.loads(body[8 : 8 + hlen])
+            ops = list(header["ops"])
+            dim = int(header["dimension"])
+            upserts = ops.count(UPSERT)
+            vectors = np.frombuffer(body[8 + hlen :], dtype="<f4").astype(np.float32)
+            vectors = vectors.reshape(upserts, dim) if dim else vectors.reshape(0, 0)
+            batch = cls(
+                collection=header["collection"],
+                writer=header["writer"],
+                ids=list(header["ids"]),
+                ops=ops,
+                timestamps=np.asarray(header["timestamps"], dtype=np.int64),
+                vectors=vectors,
+                metadata=list(header["metadata"]),
+                request_hash=header.get("request_hash", ""),
+            )
+        except (ValueError, KeyError, TypeError, struct.error) as e:
+            raise CorruptBatch(f"{key}: cannot decode ({e})") from None
+        if not (len(batch.ids) == len(batch.ops) == len(batch.timestamps) == len(batch.metadata)):
+            raise CorruptBatch(f"{key}: column lengths disagree")
+        return batch
+
+
+def batch_key(collection: str, writer: str, batch_id: str, when: float | None = None) -> str:
+    """`<collection>/wal/<yyyy>/<mm>/<dd>/<writer>/<batch-id>.batch`."""
+    day = datetime.fromtimestamp(time.time() if when is None else when, UTC)
+    return f"{collection}/{WAL}/{day:%Y/%m/%d}/{writer}/{batch_id}{BATCH_SUFFIX}"
+
+
+def keyed_batch_key(collection: str, idempotency_key: str) -> str:
+    """The key a client's `Idempotency-Key` maps to, whichever instance and day the
+    request (or its retry) lands on: `<collection>/wal/keyed/<hash>.batch`."""
+    digest = xxhash.xxh3_128_hexdigest(f"{collection}\x00{idempotency_key}".encode())
+    return f"{collection}/{WAL}/keyed/{digest}{BATCH_SUFFIX}"
+
+
+def new_batch_id() -> str:
+    return f"{time.time_ns():x}-{uuid.uuid4().hex[:12]}"
+
+
+def collection_of_batch(key: str) -> str | None:
+    """The collection a batch key belongs to, or None if the key is not a batch."""
+    parts = key.split("/")
+    if len(parts) >= 3 and parts[1] == WAL and key.endswith(BATCH_SUFFIX):
+        return parts[0]
+    return None
+
+
+class WriterClock:
+    """Strictly increasing microsecond timestamps for one writer, even within a
+    microsecond and across threads, so one writer's writes apply in its order."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> np.ndarray:
+        with self._lock:
+            start = max(time.time_ns() // 1000, self._last + 1)
+            self._last = start + n - 1
+        return np.arange(start, start + n, dtype=np.int64)

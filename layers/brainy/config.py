@@ -1,0 +1,416 @@
+"""Configuration: built-in defaults < `_brainy/config.json` < `_brainy/instances/<id>.json`
+< environment (DESIGN §8). Every value is validated at start-up with a message that
+names its key; a collection's schema is frozen once it holds data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from brainy.storage import NotFound, ObjectStore, PreconditionFailed, open_store
+
+CONFIG_KEY = "_brainy/config.json"
+INSTANCES_PREFIX = "_brainy/instances/"
+
+METRICS = ("angular", "euclidean", "dot")
+STRATEGIES = ("hash", "semantic")
+MODES = ("read-only", "write-only", "read-write")
+ROLES = ("search", "ingest", "indexer", "compactor", "bluesky", "github", "cli")
+DEFAULT_MODE = {
+    "search": "read-only",
+    "ingest": "write-only",
+    "bluesky": "write-only",
+    "github": "write-only",
+    "indexer": "read-write",
+    "compactor": "read-write",
+    "cli": "read-write",
+}
+# Schema fields that decide where and how data was written: changing them once a
+# collection holds data would silently corrupt it.
+FROZEN_FIELDS = ("dimension", "metric", "partitions", "strategy", "seed", "hash")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "B": 1,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+class SchemaFrozen(ConfigError):
+    """A schema field of a collection that holds data was changed."""
+
+
+def parse_size(value: Any, key: str) -> int:
+    """`'2GB'`, `'512MiB'`, `'1000'` or an int → bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size such as '2GB' or an integer, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value}")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m and (m.group(2) or "").upper() in _SIZE_UNITS:
+            return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").upper()])
+    raise ConfigError(f"{key}: expected a size such as '2GB' or an integer, got {value!r}")
+
+
+def validate_name(name: Any, key: str = "collection") -> str:
+    """A collection name: letters, digits, `_ . -`, at most 63 characters, no `/` or `..`."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{key}: expected a non-empty name, got {name!r}")
+    if not _NAME_RE.match(name) or ".." in name:
+        raise ConfigError(
+            f"{key}: {name!r} is not a valid name (1-63 characters from letters, digits, "
+            "'_', '.', '-'; starting with a letter or digit; no '/' or '..')"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class CollectionSchema:
+    """A collection's schema and its tunables.
+
+    The fields in `FROZEN_FIELDS` cannot change once the collection holds data;
+    the others (index build and search tunables) can.
+    """
+
+    name: str
+    dimension: int
+    metric: str = "angular"
+    partitions: int = 1
+    strategy: str = "hash"
+    seed: int = 0
+    hash: str = "xxh64"
+    embedder: str = "hash"
+    n_trees: int = 16
+    search_k_factor: int = 64
+    exact_threshold: int = 20_000
+    nprobe: int = 2
+
+    @classmethod
+    def from_dict(cls, name: str, raw: Any, key: str | None = None) -> CollectionSchema:
+        key = key or f"collections.{name}"
+        validate_name(name, key)
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{key}: expected an object, got {type(raw).__name__}")
+        known = {f.name for f in fields(cls)} - {"name"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}: unknown setting (known: {sorted(known)})")
+        if "dimension" not in raw:
+            raise ConfigError(f"{key}.dimension: required")
+        values = {k: v for k, v in raw.items() if k != "name"}
+        for int_key, low, high in (
+            ("dimension", 1, 65_536),
+            ("partitions", 1, 4096),
+            ("seed", 0, 2**63 - 1),
+            ("n_trees", 1, 1000),
+            ("search_k_factor", 1, 100_000),
+            ("exact_threshold", 0, 10_000_000),
+            ("nprobe", 1, 4096),
+        ):
+            if int_key in values:
+                v = values[int_key]
+                if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                    raise ConfigError(
+                        f"{key}.{int_key}: expected an integer in [{low}, {high}], got {v!r}"
+                    )
+        for str_key, allowed in (
+            ("metric", METRICS),
+            ("strategy", STRATEGIES),
+            ("hash", ("xxh64",)),
+            ("embedder", ("hash",)),
+        ):
+            if str_key in values and values[str_key] not in allowed:
+                raise ConfigError(
+                    f"{key}.{str_key}: expected one of {list(allowed)}, got {values[str_key]!r}"
+                )
+        return cls(name=name, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("name")
+        return d
+
+    def frozen(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in FROZEN_FIELDS}
+
+    def check_compatible(self, stored: Mapping[str, Any]) -> None:
+        """Raise `SchemaFrozen` if a frozen field differs from the schema the data was
+        written with (`stored`, as recorded in the collection's manifest)."""
+        for k in FROZEN_FIELDS:
+            if k in stored and stored[k] != getattr(self, k):
+                raise SchemaFrozen(
+                    f"collections.{self.name}.{k}: cannot change from {stored[k]!r} to "
+                    f"{getattr(self, k)!r}: the collection holds data written with "
+                    f"{k}={stored[k]!r}"
+                )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One instance's effective configuration."""
+
+    store: str = "file://./.brainy/data"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    instance_id: str = ""
+    role: str = "cli"
+    mode: str = "read-write"
+    cache_dir: str = ""
+    cache_size: int = 2 * 10**9
+    refresh_interval: float = 1.0
+    min_version_timeout: float = 10.0
+    max_body_size: int = 32 * 10**6
+    max_records: int = 100_000
+    max_id_length: int = 512
+    max_metadata_size: int = 16_384
+    max_k: int = 1000
+    download_threads: int = 8
+    query_threads: int = 4
+    collections: dict[str, CollectionSchema] = field(default_factory=dict)
+
+    @property
+    def read_only(self) -> bool:
+        return self.mode == "read-only"
+
+    @property
+    def can_search(self) -> bool:
+        return self.mode != "write-only"
+
+
+# Settings keys that may appear in config.json / instance overrides, with their parser.
+def _float_in(low: float, high: float):
+    def parse(value: Any, key: str) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (low <= value <= high)
+        ):
+            raise ConfigError(f"{key}: expected a number in [{low}, {high}], got {value!r}")
+        return float(value)
+
+    return parse
+
+
+def _int_in(low: int, high: int):
+    def parse(value: Any, key: str) -> int:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{key}: expected an integer in [{low}, {high}], got {value!r}")
+        return value
+
+    return parse
+
+
+def _choice(allowed: tuple[str, ...]):
+    def parse(value: Any, key: str) -> str:
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {list(allowed)}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+_PARSERS = {
+    "cache_dir": _text,
+    "cache_size": parse_size,
+    "refresh_interval": _float_in(0.0, 3600.0),
+    "min_version_timeout": _float_in(0.0, 300.0),
+    "max_body_size": parse_size,
+    "max_records": _int_in(1, 10_000_000),
+    "max_id_length": _int_in(1, 4096),
+    "max_metadata_size": parse_size,
+    "max_k": _int_in(1, 100_000),
+    "download_threads": _int_in(1, 256),
+    "query_threads": _int_in(1, 256),
+}
+
+# Environment variables: the original design's names, plus one per tunable.
+_ENV = {
+    "BRAINY_INSTANCE_ID": "instance_id",
+    "BRAINY_ROLE": "role",
+    "BRAINY_MODE": "mode",
+    "BRAINY_S3_ENDPOINT_URL": "s3_endpoint_url",
+    "BRAINY_S3_REGION": "s3_region",
+    **{f"BRAINY_{k.upper()}": k for k in _PARSERS},
+}
+
+
+def parse_layer(raw: Any, source: str) -> dict[str, Any]:
+    """Validate one layer (a config.json or an instance override) into Settings values."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a JSON object")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "collections":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: collections: expected an object")
+            out["collections"] = {
+                name: CollectionSchema.from_dict(name, spec) for name, spec in value.items()
+            }
+        elif key in _PARSERS:
+            out[key] = _PARSERS[key](value, key)
+        else:
+            raise ConfigError(f"{source}: {key}: unknown setting")
+    return out
+
+
+def store_url_from_env(env: Mapping[str, str]) -> str | None:
+    """`BRAINY_STORE` wins over `BRAINY_S3_BUCKET` (with the region and endpoint beside it)."""
+    if env.get("BRAINY_STORE"):
+        return env["BRAINY_STORE"]
+    if env.get("BRAINY_S3_BUCKET"):
+        return f"s3://{env['BRAINY_S3_BUCKET']}"
+    return None
+
+
+def default_instance_id(role: str) -> str:
+    return f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def read_json_object(store: ObjectStore, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A JSON object and its ETag, or (None, None) when absent."""
+    try:
+        blob = store.get(key)
+    except NotFound:
+        return None, None
+    try:
+        value = json.loads(blob.data)
+    except ValueError as e:
+        raise ConfigError(f"{key}: not valid JSON ({e})") from None
+    return value, blob.etag
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    *,
+    role: str | None = None,
+    store: ObjectStore | None = None,
+) -> tuple[Settings, ObjectStore]:
+    """Resolve an instance's settings from all four layers and open its store.
+
+    Args:
+        env: the environment (defaults to `os.environ`).
+        role: the caller's role when `BRAINY_ROLE` is unset.
+        store: an already open store (tests); otherwise opened from the environment.
+
+    Raises:
+        ConfigError: naming the key of the first invalid value.
+    """
+    env = os.environ if env is None else env
+    role = env.get("BRAINY_ROLE") or role or "cli"
+    _choice(ROLES)(role, "BRAINY_ROLE")
+    mode = env.get("BRAINY_MODE") or DEFAULT_MODE[role]
+    _choice(MODES)(mode, "BRAINY_MODE")
+    instance_id = env.get("BRAINY_INSTANCE_ID") or default_instance_id(role)
+    validate_name(instance_id, "BRAINY_INSTANCE_ID")
+
+    values: dict[str, Any] = {"role": role, "mode": mode, "instance_id": instance_id}
+    url = store_url_from_env(env) or Settings.store
+    values["store"] = url
+    values["s3_endpoint_url"] = env.get("BRAINY_S3_ENDPOINT_URL") or None
+    values["s3_region"] = env.get("BRAINY_S3_REGION") or None
+    if store is None:
+        store = open_store(
+            url,
+            read_only=mode == "read-only",
+            endpoint_url=values["s3_endpoint_url"],
+            region=values["s3_region"],
+        )
+
+    source = env.get("BRAINY_CONFIG_SOURCE", "bucket")
+    config_path = env.get("BRAINY_CONFIG_PATH") or CONFIG_KEY
+    if source == "bucket":
+        shared, _ = read_json_object(store, config_path)
+    elif source == "file":
+        try:
+            shared = json.loads(Path(config_path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"BRAINY_CONFIG_PATH: no such file {config_path!r}") from None
+        except ValueError as e:
+            raise ConfigError(f"BRAINY_CONFIG_PATH: {config_path}: not valid JSON ({e})") from None
+    elif source == "env":
+        shared = None
+    else:
+        raise ConfigError(
+            f"BRAINY_CONFIG_SOURCE: expected one of ['bucket', 'file', 'env'], got {source!r}"
+        )
+    if shared is not None:
+        values.update(parse_layer(shared, config_path))
+    instance_key = f"{INSTANCES_PREFIX}{instance_id}.json"
+    override, _ = read_json_object(store, instance_key)
+    if override is not None:
+        layer = parse_layer(override, instance_key)
+        collections = {**values.get("collections", {}), **layer.pop("collections", {})}
+        values.update(layer)
+        if collections:
+            values["collections"] = collections
+
+    for var, key in _ENV.items():
+        if var in env and key in _PARSERS:
+            values[key] = _PARSERS[key](env[var], var)
+    if not values.get("cache_dir"):
+        values["cache_dir"] = str(Path(env.get("TMPDIR", "/tmp")) / "brainy-cache" / instance_id)
+    return Settings(**values), store
+
+
+def create_collection(store: ObjectStore, schema: CollectionSchema, *, attempts: int = 10) -> bool:
+    """Declare a collection in `_brainy/config.json` by compare-and-swap.
+
+    Returns False if an identical declaration already exists. Raises `SchemaFrozen`
+    if a different one exists and the collection holds data (its manifest records
+    the schema), and `ConfigError` if it exists with a different schema at all —
+    changing tunables goes through editing the config, not `create`.
+    """
+    for _ in range(attempts):
+        current, etag = read_json_object(store, CONFIG_KEY)
+        config = dict(current or {})
+        collections = dict(config.get("collections") or {})
+        if schema.name in collections:
+            existing = CollectionSchema.from_dict(schema.name, collections[schema.name])
+            if existing == schema:
+                return False
+            schema.check_compatible(existing.frozen())
+            raise ConfigError(
+                f"collections.{schema.name}: already exists with a different schema "
+                f"({existing.to_dict()})"
+            )
+        collections[schema.name] = schema.to_dict()
+        config["collections"] = collections
+        data = json.dumps(config, indent=2, sort_keys=True).encode()
+        try:
+            if etag is None:
+                store.put(CONFIG_KEY, data, if_absent=True)
+            else:
+                store.put(CONFIG_KEY, data, if_match=etag)
+            return True
+        except PreconditionFailed:
+            continue
+    raise ConfigError(f"{CONFIG_KEY}: too much contention updating the configuration")
+
+
+def with_collections(settings: Settings, *schemas: CollectionSchema) -> Settings:
+    return replace(settings, collections={**settings.collections, **{s.name: s for s in schemas}})

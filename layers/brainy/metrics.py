@@ -1,0 +1,51 @@
+"""Prometheus metrics of one instance (served at `GET /metrics`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """One registry per instance, so tests and several instances in one process
+    do not share counters."""
+
+    def __init__(self, cache_hit_ratio: Callable[[], float] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.search_seconds = Histogram(
+            "brainy_search_seconds", "Search latency", registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.ingest_seconds = Histogram(
+            "brainy_ingest_seconds", "Ingest latency (until the batch is durable)",
+            registry=self.registry, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.index_seconds = Histogram(
+            "brainy_index_seconds", "Batch indexing latency (build, upload, commit)",
+            registry=self.registry, buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.store_requests = Counter(
+            "brainy_object_store_requests", "Object-store requests by kind", ["kind"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.vectors_served = Counter(
+            "brainy_vectors_served", "Search results returned", registry=self.registry
+        )
+        self.records_ingested = Counter(
+            "brainy_records_ingested", "Records made durable by ingest", registry=self.registry
+        )
+        self.cache_hit_ratio = Gauge(
+            "brainy_segment_cache_hit_ratio", "Segment cache hits / lookups",
+            registry=self.registry,
+        )  # fmt: skip
+        if cache_hit_ratio is not None:
+            self.cache_hit_ratio.set_function(cache_hit_ratio)
+
+    def count_request(self, kind: str) -> None:
+        self.store_requests.labels(kind=kind).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

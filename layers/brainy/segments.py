@@ -1,0 +1,274 @@
+"""Segments: immutable, content-addressed objects holding an Annoy index and its rows.
+
+One object per segment, `<collection>/segments/<segment-id>/segment.bin`:
+
+    MAGIC(8) | xxh3-128 digest of the rest(16) | header length(8) | header JSON | Annoy file
+
+The header holds the row ids, timestamps, writers and metadata; the Annoy file
+holds the vectors (Annoy keeps every item's float32 vector in its node array,
+so the segment does not store them twice: `vectors` reads them back out of the
+memory-mapped index). The segment id is the digest, so a segment's key names its
+content and a re-uploaded copy is the same object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+from annoy import AnnoyIndex
+
+from brainy.storage import NotFound, ObjectStore, PreconditionFailed
+
+MAGIC = b"BRAINYS1"
+_PREFIX_LEN = len(MAGIC) + 16 + 8
+_HEADER_PROBE = 256 * 1024
+# Byte offset of the vector inside an Annoy node, and the node size minus the vector.
+_ANNOY_LAYOUT = {"angular": (12, 12), "euclidean": (16, 16), "dot": (16, 16)}
+
+
+class CorruptSegment(ValueError):
+    """A segment object fails its checksum or cannot be decoded."""
+
+
+def segment_key(collection: str, segment_id: str) -> str:
+    return f"{collection}/segments/{segment_id}/segment.bin"
+
+
+@dataclass(frozen=True)
+class SegmentRows:
+    """The rows a segment is built from."""
+
+    ids: Sequence[str]
+    timestamps: np.ndarray
+    writers: Sequence[str]
+    metadata: Sequence[dict | None]
+    vectors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class BuiltSegment:
+    id: str
+    path: Path
+    size: int
+    count: int
+    min_ts: int
+    max_ts: int
+
+
+def build_segment(
+    rows: SegmentRows, *, metric: str, n_trees: int, seed: int, workdir: Path
+) -> BuiltSegment:
+    """Build a segment file in `workdir` (rows must be non-empty)."""
+    n, dim = rows.vectors.shape
+    if n == 0 or n != len(rows.ids):
+        raise ValueError(f"build_segment: {n} vectors for {len(rows.ids)} ids")
+    workdir.mkdir(parents=True, exist_ok=True)
+    index = AnnoyIndex(dim, metric)
+    index.set_seed(seed)
+    vectors = np.ascontiguousarray(rows.vectors, dtype=np.float32)
+    for i in range(n):
+        index.add_item(i, vectors[i])
+    # Few trees for a tiny segment: it is searched exactly anyway.
+    index.build(n_trees if n > 64 else 1, n_jobs=1)
+    fd, ann_name = tempfile.mkstemp(suffix=".ann", dir=workdir)
+    os.close(fd)
+    ann_path = Path(ann_name)
+    index.save(str(ann_path))
+    index.unload()
+    header = json.dumps(
+        {
+            "format": 1,
+            "dimension": dim,
+            "metric": metric,
+            "count": n,
+            "annoy_bytes": ann_path.stat().st_size,
+            "ids": list(rows.ids),
+            "timestamps": [int(t) for t in rows.timestamps],
+            "writers": list(rows.writers),
+            "metadata": list(rows.metadata),
+        },
+        separators=(",", ":"),
+    ).encode()
+    fd, seg_name = tempfile.mkstemp(suffix=".seg", dir=workdir)
+    seg_path = Path(seg_name)
+    hasher = xxhash.xxh3_128()
+    with os.fdopen(fd, "wb") as out:
+        out.write(MAGIC + b"\0" * 16)
+        head = struct.pack("<Q", len(header)) + header
+        out.write(head)
+        hasher.update(head)
+        with open(ann_path, "rb") as src:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+                hasher.update(chunk)
+        out.seek(len(MAGIC))
+        out.write(hasher.digest())
+    ann_path.unlink()
+    ts = rows.timestamps
+    return BuiltSegment(
+        id=hasher.hexdigest(),
+        path=seg_path,
+        size=seg_path.stat().st_size,
+        count=n,
+        min_ts=int(ts.min()),
+        max_ts=int(ts.max()),
+    )
+
+
+def upload_segment(store: ObjectStore, collection: str, built: BuiltSegment) -> str:
+    """Upload in full before anything references it; an identical object already
+    there (same content, same key) is success."""
+    key = segment_key(collection, built.id)
+    with contextlib.suppress(PreconditionFailed):
+        store.upload(key, built.path, if_absent=True)
+    return key
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    """What a segment says about its rows, without the index."""
+
+    dimension: int
+    metric: str
+    count: int
+    ids: list[str]
+    timestamps: np.ndarray
+    writers: list[str]
+    metadata: list[Any]
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> SegmentHeader:
+        h = json.loads(raw)
+        return cls(
+            dimension=h["dimension"],
+            metric=h["metric"],
+            count=h["count"],
+            ids=h["ids"],
+            timestamps=np.asarray(h["timestamps"], dtype=np.int64),
+            writers=h["writers"],
+            metadata=h["metadata"],
+        )
+
+
+def read_segment_header(store: ObjectStore, key: str) -> SegmentHeader:
+    """Fetch only the header of a segment, by ranged GETs (one for most segments)."""
+    blob = store.get(key, byte_range=(0, _HEADER_PROBE - 1))
+    data = blob.data
+    if not data.startswith(MAGIC) or len(data) < _PREFIX_LEN:
+        raise CorruptSegment(f"{key}: not a Brainy segment")
+    (hlen,) = struct.unpack_from("<Q", data, len(MAGIC) + 16)
+    end = _PREFIX_LEN + hlen
+    if end > len(data):
+        data += store.get(key, byte_range=(len(data), end - 1)).data
+    try:
+        return SegmentHeader.from_json(data[_PREFIX_LEN:end])
+    except (ValueError, KeyError) as e:
+        raise CorruptSegment(f"{key}: bad header ({e})") from None
+
+
+class LoadedSegment:
+    """A segment in the local cache: the header in memory, the Annoy file mapped."""
+
+    def __init__(self, segment_id: str, header: SegmentHeader, ann_path: Path) -> None:
+        self.id = segment_id
+        self.header = header
+        self.ann_path = ann_path
+        self.size = ann_path.stat().st_size
+        self.index = AnnoyIndex(header.dimension, header.metric)
+        self.index.load(str(ann_path))
+        self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        return self.header.count
+
+    @cached_property
+    def vectors(self) -> np.ndarray:
+        """The rows' vectors, read straight out of the mapped Annoy node array."""
+        offset, extra = _ANNOY_LAYOUT[self.header.metric]
+        dim = self.header.dimension
+        raw = np.memmap(self.ann_path, dtype=np.uint8, mode="r")
+        return np.ndarray(
+            (self.count, dim), dtype="<f4", buffer=raw, offset=offset, strides=(extra + 4 * dim, 4)
+        )
+
+    @cached_property
+    def dense(self) -> np.ndarray:
+        """A contiguous copy of the vectors, for exact (BLAS) search of small segments."""
+        return np.ascontiguousarray(self.vectors, dtype=np.float32)
+
+    @cached_property
+    def norms(self) -> np.ndarray:
+        return np.linalg.norm(self.dense, axis=1)
+
+
+def load_segment(store: ObjectStore, key: str, segment_id: str, cache_dir: Path) -> LoadedSegment:
+    """Download (if not cached), verify and open a segment.
+
+    The object is streamed to a temp file, its digest checked against the id it
+    is addressed by, then split into `<id>.json` (header) and `<id>.ann` (index).
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    ann_path = cache_dir / f"{segment_id}.ann"
+    head_path = cache_dir / f"{segment_id}.json"
+    if not (ann_path.exists() and head_path.exists()):
+        fd, part_name = tempfile.mkstemp(suffix=".part", dir=cache_dir)
+        os.close(fd)
+        part = Path(part_name)
+        try:
+            store.download(key, part)
+            _split_verified(part, segment_id, key, head_path, ann_path)
+        finally:
+            part.unlink(missing_ok=True)
+    return LoadedSegment(segment_id, SegmentHeader.from_json(head_path.read_bytes()), ann_path)
+
+
+def _split_verified(part: Path, segment_id: str, key: str, head_path: Path, ann_path: Path) -> None:
+    with open(part, "rb") as f:
+        prefix = f.read(_PREFIX_LEN)
+        if len(prefix) < _PREFIX_LEN or not prefix.startswith(MAGIC):
+            raise CorruptSegment(f"{key}: not a Brainy segment")
+        digest = prefix[len(MAGIC) : len(MAGIC) + 16]
+        hasher = xxhash.xxh3_128(prefix[len(MAGIC) + 16 :])
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
+        if hasher.digest() != digest or hasher.hexdigest() != segment_id:
+            raise CorruptSegment(f"{key}: checksum mismatch")
+        (hlen,) = struct.unpack_from("<Q", prefix, len(MAGIC) + 16)
+        f.seek(_PREFIX_LEN)
+        header = f.read(hlen)
+        tmp_ann = ann_path.with_name(f"{ann_path.name}.{_unique()}.tmp")
+        with open(tmp_ann, "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 20)
+    tmp_ann.replace(ann_path)
+    tmp_head = head_path.with_name(f"{head_path.name}.{_unique()}.tmp")
+    tmp_head.write_bytes(header)
+    tmp_head.replace(head_path)
+
+
+def _unique() -> str:
+    return f"{os.getpid()}-{threading.get_ident()}"
+
+
+def segment_exists(store: ObjectStore, key: str) -> bool:
+    try:
+        store.head(key)
+    except NotFound:
+        return False
+    return True

@@ -1,0 +1,142 @@
+"""HTTP glue shared by the functions: bodies in, JSON out, errors as clear 4xx/5xx.
+
+Only the entry points and this module know HTTP; the layer below raises typed
+errors and this maps them once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import Request, Response
+
+from brainy.config import ConfigError
+from brainy.errors import BrainyError, PayloadTooLarge
+from brainy.manifest import CommitFailed
+from brainy.storage import ReadOnlyStore, StorageError
+
+log = logging.getLogger(__name__)
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":"), default=str),
+        status=status,
+        mimetype="application/json",
+        headers=headers,
+    )
+
+
+def error_response(status: int, code: str, field: str, reason: str) -> Response:
+    message = f"{field}: {reason}"
+    return json_response(
+        status, {"error": {"code": code, "field": field, "reason": reason, "message": message}}
+    )
+
+
+def read_body(request: Request, max_size: int) -> bytes:
+    """The raw body, refused with 413 beyond `max_size` (before reading it, when the
+    client announced its length)."""
+    if request.content_length is not None and request.content_length > max_size:
+        raise PayloadTooLarge("body", f"{request.content_length} bytes; at most {max_size}")
+    data = request.stream.read(max_size + 1)
+    if len(data) > max_size:
+        raise PayloadTooLarge("body", f"more than {max_size} bytes")
+    return data
+
+
+def guarded(fn: Callable[[], Response]) -> Response:
+    """Run a handler; turn the errors of the layer into responses."""
+    try:
+        return fn()
+    except BrainyError as e:
+        return json_response(e.status, e.to_dict())
+    except ConfigError as e:
+        field, _, reason = str(e).partition(": ")
+        return error_response(400, "config", field, reason or str(e))
+    except ReadOnlyStore as e:
+        return error_response(403, "forbidden", "mode", str(e))
+    except CommitFailed as e:
+        return error_response(503, "contention", "manifest", str(e))
+    except StorageError as e:
+        log.exception("storage failure")
+        return error_response(503, "storage", "storage", f"{type(e).__name__}: {e}")
+
+
+def method_not_allowed(request: Request, allowed: str) -> Response:
+    return json_response(
+        405,
+        {"error": {"code": "method", "field": "method",
+                   "reason": f"{request.method} {request.path}: use {allowed}"}},
+        headers={"Allow": allowed.split()[0]},
+    )  # fmt: skip
+
+
+def not_found(request: Request, paths: list[str]) -> Response:
+    return error_response(404, "not_found", "path", f"{request.path}: expected one of {paths}")
+
+
+_instances: dict[str, Any] = {}
+
+
+def instance(role: str) -> Any:
+    """The process's Brainy instance for `role`, created on first use from the
+    environment (a cold start reads the config once; warm calls reuse it)."""
+    from brainy.app import Brainy
+
+    app = _instances.get(role)
+    if app is None:
+        app = _instances[role] = Brainy.from_env(role)
+    return app
+
+
+Handler = Callable[[Any, Request], Response]
+
+
+def serve(request: Request, role: str, routes: dict[tuple[str, str], Handler]) -> Response:
+    """Route a request of a function: its own routes plus `GET /health` and
+    `GET /metrics`, which every function serves."""
+    try:
+        app = instance(role)
+    except ConfigError as e:
+        log.error("configuration invalid: %s", e)
+        field, _, reason = str(e).partition(": ")
+        return error_response(500, "config", field, reason or str(e))
+    table: dict[tuple[str, str], Handler] = {
+        ("GET", "/health"): _health,
+        ("GET", "/metrics"): _metrics,
+        **routes,
+    }
+    path = request.path.rstrip("/") or "/"
+    handler = table.get((request.method, path))
+    if handler is None:
+        allowed = [m for (m, p) in table if p == path]
+        if allowed:
+            return method_not_allowed(request, " ".join(allowed))
+        return not_found(request, sorted({p for _, p in table}))
+    return guarded(lambda: handler(app, request))
+
+
+def _health(app: Any, request: Request) -> Response:
+    ok, body = app.health()
+    return json_response(200 if ok else 503, body)
+
+
+def _metrics(app: Any, request: Request) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(app.metrics.render(), status=200, mimetype=CONTENT_TYPE_LATEST)
+
+
+def json_body(request: Request, max_size: int) -> Any:
+    """A JSON body (malformed JSON → 400 naming `body`)."""
+    from brainy.errors import InvalidInput
+
+    data = read_body(request, max_size)
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidInput("body", f"malformed JSON ({e})") from None
