@@ -98,8 +98,8 @@ class CollectionSchema:
     hash: str = "xxh64"
     embedder: str = "hash"
     n_trees: int = 16
-    search_k_factor: int = 64
-    exact_threshold: int = 20_000
+    search_k_factor: int = 512
+    exact_threshold: int = 10_000
     nprobe: int = 2
 
     @classmethod
@@ -197,6 +197,11 @@ class Settings:
 # Settings keys that may appear in config.json / instance overrides, with their parser.
 def _float_in(low: float, high: float):
     def parse(value: Any, key: str) -> float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))

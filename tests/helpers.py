@@ -1,0 +1,87 @@
+"""Helpers shared by the layer's tests: instances on a store, a last-writer-wins
+model, and the live state of a collection as a user would see it."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from brainy.app import Brainy
+from brainy.config import CollectionSchema
+from brainy.storage import open_store
+
+
+def make_app(url: str, tmp_path: Path, role: str = "cli", **env: str) -> Brainy:
+    """A Brainy instance on `url`, with its own cache folder and no refresh delay."""
+    cache = tmp_path / f"cache-{role}-{len(list(tmp_path.glob('cache-*')))}"
+    full_env = {
+        "BRAINY_STORE": url,
+        "BRAINY_ROLE": role,
+        "BRAINY_CACHE_DIR": str(cache),
+        "BRAINY_REFRESH_INTERVAL": "0",
+        **env,
+    }
+    return Brainy.from_env(role, full_env)
+
+
+def declare(app: Brainy, name: str = "docs", dimension: int = 8, **kw: Any) -> CollectionSchema:
+    schema = CollectionSchema(name, dimension=dimension, **kw)
+    app.create_collection(schema)
+    return schema
+
+
+def live_state(url: str, collection: str) -> dict[str, tuple[tuple[float, ...], Any]]:
+    """id → (vector, metadata) of every live row of the newest manifest, read back
+    from the segments themselves; fails if an id is live twice."""
+    from brainy.manifest import Manifests
+    from brainy.segments import load_segment
+
+    store = open_store(url, read_only=True)
+    manifest = Manifests(store, collection).latest()
+    if manifest is None:
+        return {}
+    out: dict[str, tuple[tuple[float, ...], Any]] = {}
+    seen: Counter[str] = Counter()
+    cache = Path(tempfile.mkdtemp(prefix="brainy-live-"))
+    for ref in manifest.segments:
+        seg = load_segment(store, ref.key, ref.id, cache)
+        masked = set(ref.deleted)
+        for row, rid in enumerate(seg.header.ids):
+            if row in masked:
+                continue
+            seen[rid] += 1
+            vec = tuple(round(float(x), 5) for x in seg.vectors[row])
+            out[rid] = (vec, seg.header.metadata[row])
+    twice = [rid for rid, n in seen.items() if n > 1]
+    assert not twice, f"ids live more than once: {twice[:5]}"
+    return out
+
+
+class LWWModel:
+    """The reference: each id keeps the record with the greatest (timestamp, writer)."""
+
+    def __init__(self) -> None:
+        self.best: dict[str, tuple[tuple[int, str], str, Any, Any]] = {}
+
+    def apply_batch(self, batch: Any) -> None:
+        upsert_row = 0
+        for i, rid in enumerate(batch.ids):
+            order = (int(batch.timestamps[i]), batch.writer)
+            if batch.ops[i] == "u":
+                vec = tuple(round(float(x), 5) for x in batch.vectors[upsert_row])
+                upsert_row += 1
+                record = (order, "u", vec, batch.metadata[i])
+            else:
+                record = (order, "d", None, None)
+            if rid not in self.best or self.best[rid][0] < order:
+                self.best[rid] = record
+
+    def live(self) -> dict[str, tuple[tuple[float, ...], Any]]:
+        return {rid: (r[2], r[3]) for rid, r in self.best.items() if r[1] == "u"}
+
+
+def random_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    return rng.standard_normal((n, dim)).astype(np.float32)
