@@ -85,3 +85,23 @@ class LWWModel:
 
 def random_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return rng.standard_normal((n, dim)).astype(np.float32)
+
+
+def index_keys_in_process(
+    url: str, cache_dir: str, keys: list[str], start: Any = None
+) -> list[int]:
+    """Child-process body: index `keys` with an instance of its own; returns the
+    versions its commits produced (for `multiprocessing`, so module level)."""
+    app = Brainy.from_env(
+        "indexer",
+        {
+            **__import__("os").environ,
+            "BRAINY_STORE": url,
+            "BRAINY_ROLE": "indexer",
+            "BRAINY_CACHE_DIR": cache_dir,
+            "BRAINY_REFRESH_INTERVAL": "0",
+        },
+    )
+    if start is not None:
+        start.wait()
+    return [app.index_key(key).version or 0 for key in keys]
