@@ -64,6 +64,7 @@ class ObjectInfo:
     key: str
     size: int
     etag: str
+    modified: float = 0.0  # epoch seconds of the last write, as the store reports it
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ class LocalStore(ObjectStore):
             st = os.stat(self._path(key))
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(key) from None
-        return ObjectInfo(key, st.st_size, stat_etag(st))
+        return ObjectInfo(key, st.st_size, stat_etag(st), st.st_mtime)
 
     def _write_temp(self, data: bytes) -> Path:
         self._tmp.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ class LocalStore(ObjectStore):
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
-            yield ObjectInfo(key, st.st_size, stat_etag(st))
+            yield ObjectInfo(key, st.st_size, stat_etag(st), st.st_mtime)
 
     def _download(self, key, path) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 
 from brainy.storage.base import (
@@ -15,8 +16,13 @@ from brainy.storage.base import (
     PreconditionFailed,
 )
 
-_SHARED: dict[str, dict[str, Blob]] = {}
+# name → (objects, modification times, the lock that makes conditional ops atomic):
+# every store opened on one name must share all three.
+_SHARED: dict[str, tuple[dict[str, Blob], dict[str, float], threading.Lock]] = {}
 _SHARED_LOCK = threading.Lock()
+
+
+_ETAGS = itertools.count(1)
 
 
 class MemoryStore(ObjectStore):
@@ -28,9 +34,8 @@ class MemoryStore(ObjectStore):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.name = name
         with _SHARED_LOCK:
-            self._objects = _SHARED.setdefault(name, {}) if name else {}
-        self._lock = threading.Lock()
-        self._etags = itertools.count(1)
+            state = _SHARED.setdefault(name, ({}, {}, threading.Lock())) if name else None
+        self._objects, self._modified, self._lock = state or ({}, {}, threading.Lock())
 
     @property
     def url(self) -> str:
@@ -53,7 +58,7 @@ class MemoryStore(ObjectStore):
             blob = self._objects.get(key)
         if blob is None:
             raise NotFound(key)
-        return ObjectInfo(key, len(blob.data), blob.etag)
+        return ObjectInfo(key, len(blob.data), blob.etag, self._modified.get(key, 0.0))
 
     def _put(self, key, data, if_absent, if_match) -> str:
         with self._lock:
@@ -62,8 +67,9 @@ class MemoryStore(ObjectStore):
                 raise PreconditionFailed(f"{key} exists")
             if if_match is not None and (current is None or current.etag != if_match):
                 raise PreconditionFailed(f"{key} does not have ETag {if_match}")
-            etag = f"m{next(self._etags)}-{id(self):x}"
+            etag = f"m{next(_ETAGS)}"
             self._objects[key] = Blob(bytes(data), etag)
+            self._modified[key] = time.time()
             return etag
 
     def _delete(self, key, if_match) -> None:
@@ -80,4 +86,4 @@ class MemoryStore(ObjectStore):
         with self._lock:
             items = sorted((k, b) for k, b in self._objects.items() if k.startswith(prefix))
         for key, blob in items:
-            yield ObjectInfo(key, len(blob.data), blob.etag)
+            yield ObjectInfo(key, len(blob.data), blob.etag, self._modified.get(key, 0.0))
