@@ -183,6 +183,20 @@ class Settings:
     max_k: int = 1000
     download_threads: int = 8
     query_threads: int = 4
+    # Old manifest versions (and what they reference) stay readable this long.
+    retention: float = 3600.0
+    # Applied batches are kept this long (repair rebuilds segments from them).
+    batch_retention: float = 7 * 86400.0
+    # Unreferenced objects younger than this may belong to a commit in flight.
+    gc_grace: float = 3600.0
+    # A tombstone is dropped once its delete is older than this and the sweeper has
+    # indexed every batch that existed before it: no older copy can still arrive.
+    tombstone_grace: float = 86400.0
+    lease_ttl: float = 300.0
+    # Compaction: merge level-0 segments once there are this many, and keep at most
+    # this many segments per partition (size-tiered merges beyond it).
+    compact_min_segments: int = 8
+    max_segments_per_partition: int = 4
     collections: dict[str, CollectionSchema] = field(default_factory=dict)
 
     @property
@@ -239,6 +253,23 @@ def _text(value: Any, key: str) -> str:
     return value
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """`'90s'`, `'15m'`, `'1h'`, `'7d'` or a number of seconds → seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ConfigError(
+        f"{key}: expected a duration such as '15m', '1h', '7d' or seconds, got {value!r}"
+    )
+
+
 _PARSERS = {
     "cache_dir": _text,
     "cache_size": parse_size,
@@ -251,6 +282,13 @@ _PARSERS = {
     "max_k": _int_in(1, 100_000),
     "download_threads": _int_in(1, 256),
     "query_threads": _int_in(1, 256),
+    "retention": parse_duration,
+    "batch_retention": parse_duration,
+    "gc_grace": parse_duration,
+    "tombstone_grace": parse_duration,
+    "lease_ttl": parse_duration,
+    "compact_min_segments": _int_in(2, 10_000),
+    "max_segments_per_partition": _int_in(1, 1000),
 }
 
 # Environment variables: the original design's names, plus one per tunable.

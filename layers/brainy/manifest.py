@@ -44,6 +44,10 @@ class SegmentRef:
     partition: int | None = None
     deleted: tuple[int, ...] = ()  # masked row numbers, sorted
     sources: tuple[str, ...] = ()  # the batch keys its rows came from
+    # For a compacted segment: the segments it merged and the manifest version whose
+    # masks it merged them at, so repair can rebuild it row for row.
+    inputs: tuple[str, ...] = ()
+    base_version: int | None = None
 
     @property
     def live(self) -> int:
@@ -64,6 +68,7 @@ class SegmentRef:
                 **d,
                 "deleted": tuple(d.get("deleted", ())),
                 "sources": tuple(d.get("sources", ())),
+                "inputs": tuple(d.get("inputs", ())),
             }
         )
 
