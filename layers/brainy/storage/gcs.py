@@ -106,6 +106,11 @@ def _generation(etag: str) -> int | None:
     return int(etag) if etag.isdigit() else None
 
 
+def _info(key: str, blob: storage.Blob) -> ObjectInfo:
+    modified = blob.updated.timestamp() if blob.updated is not None else 0.0
+    return ObjectInfo(key, int(blob.size or 0), str(blob.generation), modified)
+
+
 class GCSStore(ObjectStore):
     """Objects in one GCS bucket, under an optional key prefix.
 
@@ -141,15 +146,15 @@ class GCSStore(ObjectStore):
             else:
                 client = storage.Client()
         self.client = client
-        self.bucket_name = bucket
+        self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._bucket = client.bucket(bucket)
 
     @property
     def url(self) -> str:
         if self.prefix:
-            return f"gs://{self.bucket_name}/{self.prefix}"
-        return f"gs://{self.bucket_name}"
+            return f"gs://{self.bucket}/{self.prefix}"
+        return f"gs://{self.bucket}"
 
     def close(self) -> None:
         """Close the client's HTTP session."""
@@ -165,18 +170,18 @@ class GCSStore(ObjectStore):
         try:
             yield
         except (gexc.GoogleAPICallError, InvalidResponse, *CONNECTION_ERRORS) as err:
-            raise translate_error(err, op, f"gs://{self.bucket_name}/{self._name(key)}") from err
+            raise translate_error(err, op, f"gs://{self.bucket}/{self._name(key)}") from err
 
     def _check_on_emulator(self, key: str, generation: int) -> None:
         """Refuse a write the emulator would wrongly let through (see the module doc)."""
         current = self._bucket.get_blob(self._name(key), retry=None, timeout=TIMEOUT)
         if generation == 0 and current is not None:
-            raise PreconditionFailed(f"gs://{self.bucket_name}/{self._name(key)} exists")
+            raise PreconditionFailed(f"gs://{self.bucket}/{self._name(key)} exists")
         if generation != 0 and current is None:
-            raise NotFound(f"gs://{self.bucket_name}/{self._name(key)}")
+            raise NotFound(f"gs://{self.bucket}/{self._name(key)}")
         if generation != 0 and current is not None and current.generation != generation:
             raise PreconditionFailed(
-                f"gs://{self.bucket_name}/{self._name(key)} is not at generation {generation}"
+                f"gs://{self.bucket}/{self._name(key)} is not at generation {generation}"
             )
 
     def _write(
@@ -223,15 +228,15 @@ class GCSStore(ObjectStore):
         etag = str(blob.generation)
         if if_none_match is not None and etag == if_none_match:
             # Real GCS already answered 304; an emulator may have ignored the condition.
-            raise NotModified(f"get gs://{self.bucket_name}/{self._name(key)}: generation {etag}")
+            raise NotModified(f"get gs://{self.bucket}/{self._name(key)}: generation {etag}")
         return Blob(data, etag)
 
     def _head(self, key) -> ObjectInfo:
         with self._errors("head", key):
             blob = self._bucket.get_blob(self._name(key), retry=None, timeout=TIMEOUT)
         if blob is None:
-            raise NotFound(f"head gs://{self.bucket_name}/{self._name(key)}")
-        return ObjectInfo(key, int(blob.size or 0), str(blob.generation))
+            raise NotFound(f"head gs://{self.bucket}/{self._name(key)}")
+        return _info(key, blob)
 
     def _put(self, key, data, if_absent, if_match) -> str:
         return self._write(key, io.BytesIO(data), len(data), if_absent, if_match)
@@ -277,7 +282,7 @@ class GCSStore(ObjectStore):
         while True:
             blobs, token = retry_transient(fetch, self.retry)
             for blob in blobs:
-                yield ObjectInfo(blob.name[strip:], int(blob.size or 0), str(blob.generation))
+                yield _info(blob.name[strip:], blob)
             if not token:
                 return
 

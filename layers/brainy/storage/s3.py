@@ -19,7 +19,9 @@ ranged GETs, each pinned to the first ETag it saw.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 
 import boto3
 import botocore.exceptions as bx
+import botocore.session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from s3transfer.exceptions import RetriesExceededError
@@ -117,6 +120,24 @@ def translate_error(err: Exception, op: str, where: str) -> StorageError:
     return StorageError(f"{op} {where}: {type(err).__name__}: {err}")
 
 
+_SESSION_LOCK = threading.Lock()
+
+
+@functools.cache
+def _model_loader() -> Any:
+    return botocore.session.get_session().get_component("data_loader")
+
+
+def _new_session() -> boto3.session.Session:
+    # Every store gets a fresh session, so credentials and region come from the
+    # environment as it is now; but the service models, whose loading is what
+    # makes a session slow (~0.15 s), are loaded once per process. Making clients
+    # is not thread-safe, hence the lock.
+    core = botocore.session.Session()
+    core.register_component("data_loader", _model_loader())
+    return boto3.session.Session(botocore_session=core)
+
+
 class S3Store(ObjectStore):
     """Objects in one S3 bucket, under an optional key prefix.
 
@@ -162,7 +183,7 @@ class S3Store(ObjectStore):
         self.max_concurrency = max(1, max_concurrency)
         self.endpoint_url = endpoint_url or os.environ.get("BRAINY_S3_ENDPOINT_URL") or None
         if client is None:
-            session = boto3.session.Session()
+            session = _new_session()
             self.region = (
                 region
                 or os.environ.get("BRAINY_S3_REGION")
@@ -176,9 +197,10 @@ class S3Store(ObjectStore):
                 read_timeout=60,
                 user_agent_extra="brainy",
             )
-            client = session.client(
-                "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
-            )
+            with _SESSION_LOCK:
+                client = session.client(
+                    "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
+                )
         else:
             self.region = client.meta.region_name
         self.client = client
@@ -225,7 +247,12 @@ class S3Store(ObjectStore):
     def _head(self, key) -> ObjectInfo:
         with self._errors("head", key):
             response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        return ObjectInfo(key, int(response["ContentLength"]), response["ETag"])
+        return ObjectInfo(
+            key,
+            int(response["ContentLength"]),
+            response["ETag"],
+            response["LastModified"].timestamp(),
+        )
 
     def _put(self, key, data, if_absent, if_match) -> str:
         return self._put_body(key, data, if_absent, if_match)
@@ -270,7 +297,12 @@ class S3Store(ObjectStore):
         while True:
             response = retry_transient(fetch, self.retry)
             for item in response.get("Contents", []):
-                yield ObjectInfo(item["Key"][strip:], int(item["Size"]), item["ETag"])
+                yield ObjectInfo(
+                    item["Key"][strip:],
+                    int(item["Size"]),
+                    item["ETag"],
+                    item["LastModified"].timestamp(),
+                )
             if not response.get("IsTruncated"):
                 return
             args["ContinuationToken"] = response["NextContinuationToken"]
