@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -80,17 +80,52 @@ class LiveRow:
 
 
 def live_rows(manifest: Manifest, headers: HeaderCache) -> dict[str, LiveRow]:
-    """id → its live row in `manifest` (masked rows skipped)."""
-    live: dict[str, LiveRow] = {}
-    for ref in manifest.segments:
-        header = headers.get(ref)
-        masked = set(ref.deleted)
-        for row, (rid, ts, writer) in enumerate(
-            zip(header.ids, header.timestamps.tolist(), header.writers, strict=True)
-        ):
-            if row not in masked:
-                live[rid] = LiveRow((ts, writer), ref.id, row)
-    return live
+    """id → its live row in `manifest` (masked rows skipped), computed afresh."""
+    return dict(LiveIndex(headers).at(manifest))
+
+
+class LiveIndex:
+    """id → live row, kept in step with successive manifests by applying only what
+    changed between them (segments added or removed, rows newly masked), so an
+    indexer commit costs the size of the change, not of the collection.
+
+    Hold `lock` while using the mapping `at` returns.
+    """
+
+    def __init__(self, headers: HeaderCache) -> None:
+        self.headers = headers
+        self.lock = threading.RLock()
+        self._rows: dict[str, LiveRow] = {}
+        self._refs: dict[str, SegmentRef] = {}
+
+    def at(self, manifest: Manifest) -> dict[str, LiveRow]:
+        with self.lock:
+            target = {ref.id: ref for ref in manifest.segments}
+            gone: list[tuple[str, int]] = []
+            back: list[tuple[SegmentRef, int]] = []
+            for sid, old in self._refs.items():
+                new = target.get(sid)
+                if new is None:
+                    gone += [(sid, r) for r in range(old.count) if r not in set(old.deleted)]
+                elif new.deleted != old.deleted:
+                    before, after = set(old.deleted), set(new.deleted)
+                    gone += [(sid, r) for r in after - before]
+                    back += [(new, r) for r in before - after]
+            for sid, row in gone:
+                rid = self.headers.get(self._refs[sid]).ids[row]
+                current = self._rows.get(rid)
+                if current is not None and current.segment_id == sid and current.row == row:
+                    del self._rows[rid]
+            for sid, ref in target.items():
+                if sid not in self._refs:
+                    masked = set(ref.deleted)
+                    back += [(ref, r) for r in range(ref.count) if r not in masked]
+            for ref, row in back:
+                header = self.headers.get(ref)
+                order = (int(header.timestamps[row]), header.writers[row])
+                self._rows[header.ids[row]] = LiveRow(order, ref.id, row)
+            self._refs = target
+            return self._rows
 
 
 @dataclass(frozen=True)
@@ -108,10 +143,10 @@ def merge_change(
     parent: Manifest,
     change: Change,
     new_segment: SegmentRef | None,
-    headers: HeaderCache,
+    live: Mapping[str, LiveRow],
 ) -> tuple[list[SegmentRef], dict[str, Order]]:
-    """The segments and tombstones of `parent` after last-writer-wins merges `change`."""
-    live = live_rows(parent, headers)
+    """The segments and tombstones of `parent` after last-writer-wins merges `change`
+    (`live` is the live-row map of `parent`)."""
     tombstones = dict(parent.tombstones)
     masks: dict[str, set[int]] = {}
     new_masked: set[int] = set()
@@ -194,6 +229,13 @@ class Indexer:
         self.headers = HeaderCache(store)
         self.workdir = workdir or Path(tempfile.gettempdir()) / "brainy-indexer"
         self._manifests: dict[str, Manifest | None] = {}
+        self._live: dict[str, LiveIndex] = {}
+
+    def _live_index(self, collection: str) -> LiveIndex:
+        index = self._live.get(collection)
+        if index is None:
+            index = self._live.setdefault(collection, LiveIndex(self.headers))
+        return index
 
     def index(self, key: str) -> IndexResult:
         """Apply the batch at `key`; safe to call any number of times, in any order."""
@@ -279,7 +321,10 @@ class Indexer:
             if key in parent.applied_set:
                 return None
             schema_check(schema, parent)
-            segments, tombstones = merge_change(parent, change, new_ref, self.headers)
+            live_index = self._live_index(schema.name)
+            with live_index.lock:
+                live = live_index.at(parent)
+                segments, tombstones = merge_change(parent, change, new_ref, live)
             return replace(
                 parent,
                 schema=schema.frozen(),

@@ -1,0 +1,22 @@
+"""compactor — HTTP function for a scheduler: `POST /compact {"collection": "c"}`
+sweeps unindexed batches, merges segments under the collection's lease, collects
+garbage past retention and verifies the result. Without a collection, every
+declared collection is maintained in turn."""
+
+import functions_framework
+from brainy import web
+from flask import Request, Response
+
+
+def _compact(app, request: Request) -> Response:
+    body = web.json_body(request, app.settings.max_body_size) if request.data else {}
+    reports = app.maintain(body.get("collection"), force=bool(body.get("force", False)))
+    ok = all(r["verify"]["ok"] for r in reports)
+    return web.json_response(200 if ok else 500, {"collections": reports})
+
+
+@functions_framework.http
+def compactor(request: Request) -> Response:
+    return web.serve(
+        request, "compactor", {("POST", "/compact"): _compact, ("POST", "/"): _compact}
+    )
