@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from brainy.storage import ObjectStore, open_store
 from servers import (
     STORE_KINDS,

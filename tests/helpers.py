@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from brainy.app import Brainy
 from brainy.config import CollectionSchema
 from brainy.storage import open_store

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from brainy.manifest import Manifests
 from brainy.storage import NotFound, open_store
 from helpers import declare, index_keys_in_process, live_state, make_app

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from brainy.batches import Batch
 from brainy.compaction import compact, lease_resource, rebuild_compacted
 from brainy.locks import LeaseManager

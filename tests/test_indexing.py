@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from brainy.batches import Batch, WriterClock
 from brainy.config import SchemaFrozen
 from brainy.manifest import Manifests

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from brainy.locks import (
     LOCKS_PREFIX,
     Lease,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers import declare, make_app
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pypi-minilm.npz"

@@ -4,8 +4,9 @@ garbage past retention and verifies the result. Without a collection, every
 declared collection is maintained in turn."""
 
 import functions_framework
-from brainy import web
 from flask import Request, Response
+
+from brainy import web
 
 
 def _compact(app, request: Request) -> Response:

@@ -7,9 +7,10 @@ quarantined); a transient failure answers 5xx so the platform redelivers.
 """
 
 import functions_framework
+from flask import Request, Response
+
 from brainy import web
 from brainy.events import parse_request
-from flask import Request, Response
 
 
 def _index(app, request: Request) -> Response:

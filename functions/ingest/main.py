@@ -1,9 +1,10 @@
 """ingest — write-only HTTP function: `POST /ingest` makes a batch durable, then 202."""
 
 import functions_framework
+from flask import Request, Response
+
 from brainy import web
 from brainy.ingest import parse_body
-from flask import Request, Response
 
 
 def _ingest(app, request: Request) -> Response:

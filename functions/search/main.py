@@ -3,8 +3,9 @@
 import time
 
 import functions_framework
-from brainy import web
 from flask import Request, Response
+
+from brainy import web
 
 
 def _search(app, request: Request) -> Response:

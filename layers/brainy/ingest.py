@@ -260,10 +260,12 @@ def write_batch(
     try:
         store.put(key, batch.encode(), if_absent=True)
     except PreconditionFailed:
-        if idempotency_key is None:
-            raise
+        # Either a retry of a keyed request, or our own put whose response was lost
+        # and whose retry found it there: the same request body means the same batch.
         existing = Batch.decode(store.get(key).data, key)
         if existing.request_hash != request.request_hash:
+            if idempotency_key is None:
+                raise
             raise IdempotencyConflict(
                 "Idempotency-Key", "already used for a different request body"
             ) from None

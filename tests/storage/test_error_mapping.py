@@ -8,6 +8,10 @@ import boto3
 import pytest
 import requests
 from botocore.stub import Stubber
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
 from brainy.storage import (
     NotFound,
     NotModified,
@@ -19,9 +23,6 @@ from brainy.storage import (
 from brainy.storage.gcs import GCSStore
 from brainy.storage.gcs import translate_error as gcs_error
 from brainy.storage.s3 import S3Store
-from google.api_core import exceptions as gexc
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 from servers import free_port
 
 

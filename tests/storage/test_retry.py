@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from brainy.storage import NotFound, PreconditionFailed, RetryPolicy, Transient
 from brainy.storage.memory import MemoryStore
 
