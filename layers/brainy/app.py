@@ -76,7 +76,15 @@ class Brainy:
 
     @classmethod
     def from_env(cls, role: str, env: Mapping[str, str] | None = None) -> Brainy:
+        """An instance configured from the environment and the bucket (a cold start).
+
+        A writing instance on S3 first proves the endpoint honours conditional
+        writes: some S3-compatible stores ignore `If-None-Match`, and there a
+        commit would silently overwrite another.
+        """
         settings, store = load_settings(env, role=role)
+        if store.scheme == "s3" and not settings.read_only:
+            store.check_conditional_writes(f"_brainy/probes/{settings.instance_id}")
         return cls(settings, store)
 
     # ------------------------------------------------------------ collections
