@@ -105,3 +105,20 @@ def test_collections_created_later_are_found_by_running_instances(tmp_path):
     declare(make_app(url, tmp_path), name="later")
     assert running.schema("later") is not None
 
+
+def test_redeclaring_a_collection_that_holds_data_is_refused_and_writes_nothing(tmp_path):
+    from brainy.config import CollectionSchema, SchemaFrozen
+
+    url = "memory://holds-data"
+    app = make_app(url, tmp_path)
+    declare(app)
+    app.index_key(
+        app.ingest({"collection": "docs", "records": [{"id": "a", "vector": [1.0] * 8}]}).batch
+    )
+    store = open_store(url)
+    config = json.loads(store.get("_brainy/config.json").data)
+    store.put("_brainy/config.json", json.dumps({"collections": {}}).encode())
+    with pytest.raises(SchemaFrozen, match=r"docs\.dimension: cannot change from 8 to 16"):
+        app.create_collection(CollectionSchema("docs", dimension=16))
+    assert json.loads(store.get("_brainy/config.json").data) == {"collections": {}}
+    assert config["collections"]["docs"]["dimension"] == 8

@@ -119,10 +119,10 @@ class Brainy:
     def create_collection(self, schema: CollectionSchema) -> bool:
         if self.settings.read_only:
             raise Forbidden("mode", "a read-only instance cannot create collections")
-        created = create_collection(self.store, schema)
         stored = self.manifests(schema.name).latest()
-        if stored is not None:
-            schema.check_compatible(stored.schema)
+        created = create_collection(
+            self.store, schema, stored=stored.schema if stored is not None else None
+        )
         self._collections[schema.name] = schema
         return created
 

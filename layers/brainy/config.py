@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from brainy.storage import NotFound, ObjectStore, PreconditionFailed, open_store
 
 CONFIG_KEY = "_brainy/config.json"
@@ -416,18 +418,36 @@ def load_settings(
         if var in env and key in _PARSERS:
             values[key] = _PARSERS[key](env[var], var)
     if not values.get("cache_dir"):
-        values["cache_dir"] = str(Path(env.get("TMPDIR", "/tmp")) / "brainy-cache" / instance_id)
+        # Keyed by store and role, so warm restarts reuse what earlier ones downloaded.
+        digest = xxhash.xxh64_hexdigest(url.encode())
+        base = Path(env.get("TMPDIR", "/tmp")) / "brainy-cache"
+        values["cache_dir"] = str(base / f"{digest}-{role}")
     return Settings(**values), store
 
 
-def create_collection(store: ObjectStore, schema: CollectionSchema, *, attempts: int = 10) -> bool:
+def create_collection(
+    store: ObjectStore,
+    schema: CollectionSchema,
+    *,
+    stored: Mapping[str, Any] | None = None,
+    attempts: int = 10,
+) -> bool:
     """Declare a collection in `_brainy/config.json` by compare-and-swap.
 
-    Returns False if an identical declaration already exists. Raises `SchemaFrozen`
-    if a different one exists and the collection holds data (its manifest records
-    the schema), and `ConfigError` if it exists with a different schema at all —
-    changing tunables goes through editing the config, not `create`.
+    Args:
+        stored: the frozen schema the collection's data was written with (from its
+            newest manifest), if it holds data.
+
+    Returns:
+        False if an identical declaration already exists.
+
+    Raises:
+        SchemaFrozen: the schema differs from the one its data was written with.
+        ConfigError: a different declaration exists (changing tunables goes
+            through editing the config, not `create`).
     """
+    if stored is not None:
+        schema.check_compatible(stored)
     for _ in range(attempts):
         current, etag = read_json_object(store, CONFIG_KEY)
         config = dict(current or {})
@@ -436,10 +456,10 @@ def create_collection(store: ObjectStore, schema: CollectionSchema, *, attempts:
             existing = CollectionSchema.from_dict(schema.name, collections[schema.name])
             if existing == schema:
                 return False
-            schema.check_compatible(existing.frozen())
+            diff = [k for k, v in schema.to_dict().items() if existing.to_dict()[k] != v]
             raise ConfigError(
-                f"collections.{schema.name}: already exists with a different schema "
-                f"({existing.to_dict()})"
+                f"collections.{schema.name}.{diff[0]}: the collection already exists with "
+                f"{diff[0]}={getattr(existing, diff[0])!r}, not {getattr(schema, diff[0])!r}"
             )
         collections[schema.name] = schema.to_dict()
         config["collections"] = collections

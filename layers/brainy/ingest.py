@@ -8,7 +8,6 @@ request finds its batch already there and gets the same answer.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -105,12 +104,20 @@ def check_vector(value: Any, field: str, schema: CollectionSchema) -> np.ndarray
             field, f"expected {schema.dimension} numbers (the collection's dimension), "
             f"got {len(value)}"
         )  # fmt: skip
-    for i, x in enumerate(value):
-        if isinstance(x, bool) or not isinstance(x, (int, float)):
-            raise InvalidInput(f"{field}[{i}]", f"expected a number, got {x!r}")
-        if not math.isfinite(x):
-            raise InvalidInput(f"{field}[{i}]", "NaN and Infinity are not allowed")
-    vec = np.asarray(value, dtype=np.float32)
+    try:
+        vec = np.asarray(value)
+    except (TypeError, ValueError):
+        vec = np.asarray(value, dtype=object)
+    if vec.ndim != 1 or vec.dtype.kind not in "iuf":
+        # Only a bad vector is walked in Python, to name the offending element.
+        for i, x in enumerate(value):
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                raise InvalidInput(f"{field}[{i}]", f"expected a number, got {x!r}")
+        vec = np.asarray(value, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(vec))
+    if bad.size:
+        raise InvalidInput(f"{field}[{int(bad[0])}]", "NaN and Infinity are not allowed")
+    vec = vec.astype(np.float32)
     if not np.all(np.isfinite(vec)):
         raise InvalidInput(field, "a value overflows float32")
     if schema.metric == "angular" and not np.any(vec):
