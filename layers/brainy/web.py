@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from flask import Request, Response
 from brainy.config import ConfigError
 from brainy.errors import BrainyError, PayloadTooLarge
 from brainy.manifest import CommitFailed
-from brainy.storage import ReadOnlyStore, StorageError
+from brainy.storage import ConditionalWritesUnsupported, ReadOnlyStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ def guarded(fn: Callable[[], Response]) -> Response:
     except StorageError as e:
         log.exception("storage failure")
         return error_response(503, "storage", "storage", f"{type(e).__name__}: {e}")
+    except Exception as e:
+        # A bug, not the caller's doing: logged in full, answered as JSON all the same.
+        log.exception("unexpected failure")
+        return error_response(500, "internal", "server", f"{type(e).__name__}: {e}")
 
 
 def method_not_allowed(request: Request, allowed: str) -> Response:
@@ -80,16 +85,25 @@ def not_found(request: Request, paths: list[str]) -> Response:
 
 
 _instances: dict[str, Any] = {}
+_instances_lock = threading.Lock()
 
 
 def instance(role: str) -> Any:
     """The process's Brainy instance for `role`, created on first use from the
-    environment (a cold start reads the config once; warm calls reuse it)."""
+    environment (a cold start reads the config once; warm calls reuse it).
+
+    functions-framework serves requests on threads: the first requests of a cold
+    instance wait for one Brainy rather than each building its own (with its own
+    caches and metrics). A failed start is not kept, so the next request retries.
+    """
     from brainy.app import Brainy
 
     app = _instances.get(role)
     if app is None:
-        app = _instances[role] = Brainy.from_env(role)
+        with _instances_lock:
+            app = _instances.get(role)
+            if app is None:
+                app = _instances[role] = Brainy.from_env(role)
     return app
 
 
@@ -105,6 +119,13 @@ def serve(request: Request, role: str, routes: dict[tuple[str, str], Handler]) -
         log.error("configuration invalid: %s", e)
         field, _, reason = str(e).partition(": ")
         return error_response(500, "config", field, reason or str(e))
+    except ConditionalWritesUnsupported as e:
+        log.error("cannot start: %s", e)
+        return error_response(500, "storage", "storage", str(e))
+    except StorageError as e:
+        # Storage unreachable at a cold start: 503, so a platform redelivers.
+        log.exception("cannot start: storage failure")
+        return error_response(503, "storage", "storage", f"{type(e).__name__}: {e}")
     table: dict[tuple[str, str], Handler] = {
         ("GET", "/health"): _health,
         ("GET", "/metrics"): _metrics,
