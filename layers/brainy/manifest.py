@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -191,6 +192,12 @@ class Manifests:
             except NotFound:
                 current = base
                 version = base.version if base else 0
+                # The hint can name a version garbage collection has deleted; then
+                # probing from the base would stop at a gap, and only a listing
+                # shows where the retained versions are.
+                found = self.versions()
+                if found and found[-1] > version:
+                    current, version = self.load(found[-1]), found[-1]
         while True:
             try:
                 current = self.load(version + 1)
@@ -292,21 +299,49 @@ class ManifestView:
         self._current: Manifest | None = None
         self._etag: str | None = None
         self._checked = float("-inf")
+        self._lock = threading.Lock()
+
+    def _fresh(self) -> bool:
+        return self.clock() - self._checked < self.refresh_interval
 
     def current(self, *, force: bool = False) -> Manifest | None:
-        now = self.clock()
-        if not force and now - self._checked < self.refresh_interval:
+        """The newest version known, refreshed if the interval has passed.
+
+        One caller refreshes at a time. Before the first refresh completes, every
+        caller waits for it (a cold reader must not answer from nothing); after,
+        callers arriving mid-refresh keep serving the version they have.
+        """
+        if not force and self._fresh():
             return self._current
-        self._checked = now
+        warm = self._current is not None and not force
+        if not self._lock.acquire(blocking=not warm):
+            return self._current
         try:
-            hint, self._etag = self.manifests.read_hint(self._etag)
-        except NotModified:
-            return self._current
-        if hint is None and self._current is None:
-            self._current = self.manifests.latest()
-        else:
-            self._current = self.manifests.probe_forward(self._current, hint or 0)
-        return self._current
+            if not force and self._fresh():
+                return self._current
+            now = self.clock()
+            try:
+                hint, etag = self.manifests.read_hint(self._etag)
+            except NotModified:
+                self._checked = now
+                return self._current
+            if hint is None and self._current is None:
+                current = self.manifests.latest()
+            else:
+                current = self.manifests.probe_forward(self._current, hint or 0)
+            # Only a completed refresh moves the ETag: after a failure the next
+            # refresh must not be answered "not modified" on a version never read.
+            self._current, self._etag, self._checked = current, etag, now
+            return current
+        finally:
+            self._lock.release()
+
+    def _advance(self, manifest: Manifest | None) -> None:
+        with self._lock:
+            if manifest is not None and (
+                self._current is None or manifest.version > self._current.version
+            ):
+                self._current = manifest
 
     def wait_for(self, version: int, timeout: float) -> Manifest | None:
         """Refresh until `version` is visible or `timeout` passes (read-your-writes)."""
@@ -317,7 +352,7 @@ class ManifestView:
             if current is not None and current.version >= version:
                 return current
             current = self.manifests.probe_forward(current, 0)
-            self._current = current
+            self._advance(current)
             if current is not None and current.version >= version:
                 return current
             if self.clock() >= deadline:
