@@ -13,7 +13,6 @@ content and a re-uploaded copy is the same object.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -132,11 +131,18 @@ def build_segment(
 
 
 def upload_segment(store: ObjectStore, collection: str, built: BuiltSegment) -> str:
-    """Upload in full before anything references it; an identical object already
-    there (same content, same key) is success."""
+    """Upload in full before anything references it.
+
+    An object already at the key has the same content (the key is its digest),
+    but may be an orphan old enough for garbage collection to be deleting it: it
+    is written again, which renews its modification time and ETag, and GC's
+    conditional delete then leaves it alone.
+    """
     key = segment_key(collection, built.id)
-    with contextlib.suppress(PreconditionFailed):
+    try:
         store.upload(key, built.path, if_absent=True)
+    except PreconditionFailed:
+        store.upload(key, built.path)
     return key
 
 
