@@ -252,6 +252,17 @@ class Brainy:
         total = cache.hits + cache.misses
         return cache.hits / total if total else 0.0
 
+    # ------------------------------------------------------------ maintenance
+
+    def maintain(self, collection: str | None = None, *, force: bool = False) -> list[dict]:
+        """Sweep, compact, collect garbage and verify one collection, or all of them."""
+        from brainy.maintenance import maintain
+
+        if self.settings.read_only:
+            raise Forbidden("mode", "a read-only instance cannot compact")
+        names = [collection] if collection else sorted(self.collections())
+        return [maintain(self, name, force=force) for name in names]
+
     # ----------------------------------------------------------------- status
 
     def status(self, name: str) -> dict[str, Any]:

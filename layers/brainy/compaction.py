@@ -256,8 +256,10 @@ def compact(
             from brainy.sweeper import sweep
 
             swept = sweep(app, collection)
-            report.sweep = swept.to_dict() if hasattr(swept, "to_dict") else dict(swept.__dict__)
-            horizon_us = int((swept.started - settings.tombstone_grace) * 1_000_000)
+            report.sweep = swept.to_dict()
+            # No horizon when some batch could not be indexed: keep every tombstone.
+            if swept.horizon is not None:
+                horizon_us = int((swept.horizon - settings.tombstone_grace) * 1_000_000)
         manifests = Manifests(store, collection)
         base = manifests.latest()
         if base is None:

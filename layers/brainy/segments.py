@@ -13,12 +13,14 @@ content and a re-uploaded copy is the same object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import struct
 import tempfile
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -93,6 +95,8 @@ def build_segment(
     header = json.dumps(
         {
             "format": 1,
+            # Unique per build: see upload_segment.
+            "nonce": uuid.uuid4().hex,
             "dimension": dim,
             "metric": metric,
             "count": n,
@@ -133,16 +137,14 @@ def build_segment(
 def upload_segment(store: ObjectStore, collection: str, built: BuiltSegment) -> str:
     """Upload in full before anything references it.
 
-    An object already at the key has the same content (the key is its digest),
-    but may be an orphan old enough for garbage collection to be deleting it: it
-    is written again, which renews its modification time and ETag, and GC's
-    conditional delete then leaves it alone.
+    Every build carries a nonce, so its key is new: an orphan left by a crashed
+    attempt is never referenced again, and garbage collection may delete it once
+    it is past the grace period. A put-if-absent that finds the key taken can only
+    be this upload's own retry whose first response was lost.
     """
     key = segment_key(collection, built.id)
-    try:
+    with contextlib.suppress(PreconditionFailed):
         store.upload(key, built.path, if_absent=True)
-    except PreconditionFailed:
-        store.upload(key, built.path)
     return key
 
 

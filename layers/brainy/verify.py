@@ -282,9 +282,8 @@ class RepairReport:
     """What `repair` did: `ok` when every problem it was given was dealt with.
 
     Attributes:
-        rebuilt: segment keys rebuilt byte for byte and put back under their key.
-        swapped: old segment id → new id, for rebuilds with another digest
-            (committed into the manifest).
+        swapped: old segment id → the id of its rebuild (every build has a fresh
+            id), committed into the manifest.
         quarantined: batch keys moved to quarantine.
         resolved: record ids whose losing live rows were masked.
         unrepaired: problems left, each with the reason.
@@ -292,7 +291,6 @@ class RepairReport:
     """
 
     collection: str
-    rebuilt: list[str] = field(default_factory=list)
     swapped: dict[str, str] = field(default_factory=dict)
     quarantined: list[str] = field(default_factory=list)
     resolved: list[str] = field(default_factory=list)
@@ -358,10 +356,7 @@ def repair(
             except NotRebuildable as e:
                 out.leave(problem, str(e))
                 continue
-            if new.id == ref.id:
-                out.rebuilt.append(ref.key)
-            else:
-                replacements[ref.id] = new
+            replacements[ref.id] = new
         elif problem.kind == CORRUPT_BATCH:
             if quarantine(app.store, problem.key, problem.detail) is not None:
                 out.quarantined.append(problem.key)
@@ -392,10 +387,6 @@ def _rebuild(
     else:
         built = _rebuild_level0(store, schema, ref, workdir)
     try:
-        if built.id == ref.id:
-            # The same content address: overwrite whatever corrupt bytes are there.
-            store.upload(ref.key, built.path)
-            return ref
         if (built.count, built.min_ts, built.max_ts) != (ref.count, ref.min_ts, ref.max_ts):
             raise NotRebuildable(
                 f"the rebuilt rows differ from the ref ({built.count} rows, "
