@@ -193,3 +193,62 @@ def test_python_dash_m_brainy(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip() == "error: collection: unknown collection 'nope'"
+
+
+def test_maintenance_commands(brainy, url: str, tmp_path: Path) -> None:
+    """compact, verify, gc --dry-run, sweep and locks as an operator runs them."""
+    assert brainy("collection", "create", "docs", "--dimension", "4")[0] == 0
+    for b in range(3):
+        lines = [{"id": f"r{b}-{i}", "vector": [1, b, i, 1]} for i in range(4)]
+        data = write_jsonl(tmp_path / f"b{b}.jsonl", lines)
+        assert brainy("ingest", str(data), "--collection", "docs")[0] == 0
+    # A batch whose event was lost: written, never indexed.
+    late = write_jsonl(tmp_path / "late.jsonl", [{"id": "late", "vector": [0, 0, 0, 1]}])
+    assert brainy("ingest", str(late), "--collection", "docs", "--no-index")[0] == 0
+
+    status, out, _ = brainy("compact", "--collection", "docs", "--force")
+    assert status == 0
+    (report,) = json.loads(out)
+    assert report["compaction"]["status"] == "compacted"
+    assert report["compaction"]["sweep"]["indexed"] == 1  # the lost event, swept up
+    assert report["verify"]["ok"] is True
+
+    status, out, _ = brainy("status", "--collection", "docs", "--json")
+    assert json.loads(out)["live"] == 13
+
+    status, out, _ = brainy("verify", "--collection", "docs")
+    assert status == 0 and json.loads(out)["verify"]["ok"] is True
+
+    before = {info.key for info in open_store(url).list("docs/")}
+    status, out, _ = brainy("gc", "--collection", "docs", "--dry-run")
+    gc = json.loads(out)
+    assert status == 0 and gc["dry_run"] is True
+    # Every version is inside the retention window: all of it is still needed.
+    assert gc["versions"] == gc["segments"] == gc["batches"] == []
+    assert {info.key for info in open_store(url).list("docs/")} == before
+
+    status, out, _ = brainy("sweep", "--collection", "docs")
+    assert status == 0 and json.loads(out)["indexed"] == 0
+
+    status, out, _ = brainy("locks", "list")
+    (lease,) = json.loads(out)
+    assert lease["resource"] == "compact-docs" and lease["state"] == "released"
+    status, out, _ = brainy("locks", "break", "compact-docs")
+    assert status == 0
+    status, _, err = brainy("locks", "break", "../etc")
+    assert status == 2 and "resource" in err
+
+
+def test_verify_finds_and_repairs_a_corrupt_segment(brainy, url: str, tmp_path: Path) -> None:
+    assert brainy("collection", "create", "docs", "--dimension", "4")[0] == 0
+    data = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "vector": [1, 2, 3, 4]}])
+    assert brainy("ingest", str(data), "--collection", "docs")[0] == 0
+    store = open_store(url)
+    (seg,) = [i.key for i in store.list("docs/segments/")]
+    store.put(seg, store.get(seg).data[:-3] + b"xyz")
+    status, out, _ = brainy("verify", "--collection", "docs")
+    assert status == 1 and json.loads(out)["verify"]["problems"][0]["kind"] == "corrupt-segment"
+    status, out, _ = brainy("verify", "--collection", "docs", "--repair")
+    assert status == 0 and json.loads(out)["after_repair"]["ok"] is True
+    status, out, _ = brainy("search", "--collection", "docs", "--vector", "[1,2,3,4]", "--json")
+    assert json.loads(out)["results"][0]["id"] == "a"

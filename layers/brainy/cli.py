@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xxhash
 
 from brainy.app import Brainy
 from brainy.config import METRICS, CollectionSchema, ConfigError, store_url_from_env
@@ -54,12 +53,7 @@ class Session:
         if store:
             self.env["BRAINY_STORE"] = store
         self.store_url = store_url_from_env(self.env) or DEFAULT_STORE
-        if not self.env.get("BRAINY_CACHE_DIR"):
-            # One cache per store, shared by successive commands: the layer's default
-            # is per instance id, and each command is a new instance.
-            digest = xxhash.xxh64_hexdigest(self.store_url.encode())
-            tmp = self.env.get("TMPDIR", "/tmp")
-            self.env["BRAINY_CACHE_DIR"] = str(Path(tmp) / "brainy-cache" / f"cli-{digest}")
+        self.env.setdefault("BRAINY_STORE", self.store_url)
         self._app: Brainy | None = None
 
     @property
@@ -203,6 +197,44 @@ def _status_parser(sub: Subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _compact_parser(sub: Subparsers) -> None:
+    p = add_command(
+        sub,
+        "compact",
+        "sweep, merge segments under the collection's lease, collect garbage, verify",
+        _run_compact,
+    )
+    p.add_argument("--collection", help="one collection (default: every one)")
+    p.add_argument("--force", action="store_true", help="merge below the policy's thresholds")
+
+
+def _gc_parser(sub: Subparsers) -> None:
+    p = add_command(sub, "gc", "delete what no retained manifest version needs", _run_gc)
+    p.add_argument("--collection", required=True)
+    p.add_argument("--dry-run", action="store_true", help="list what would go; delete nothing")
+
+
+def _sweep_parser(sub: Subparsers) -> None:
+    p = add_command(sub, "sweep", "index batches whose events were never delivered", _run_sweep)
+    p.add_argument("--collection", required=True)
+
+
+def _verify_parser(sub: Subparsers) -> None:
+    p = add_command(sub, "verify", "check every object the newest manifest references", _run_verify)
+    p.add_argument("--collection", required=True)
+    p.add_argument("--repair", action="store_true", help="rebuild or quarantine what is broken")
+    p.add_argument("--shallow", action="store_true", help="headers only; no checksums")
+
+
+def _locks_parser(sub: Subparsers) -> None:
+    group = add_command(sub, "locks", "list or break lock leases")
+    inner = group.add_subparsers(dest="locks_command", required=True, metavar="COMMAND")
+    add_command(inner, "list", "every lease and its holder", _run_locks_list)
+    p = add_command(inner, "break", "free a lease now (its holder's commits are refused)",
+                    _run_locks_break)  # fmt: skip
+    p.add_argument("resource")
+
+
 # One entry per subcommand; a new subcommand adds its function here.
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _demo_parser,
@@ -210,6 +242,11 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _ingest_parser,
     _search_parser,
     _status_parser,
+    _compact_parser,
+    _gc_parser,
+    _sweep_parser,
+    _verify_parser,
+    _locks_parser,
 )
 
 
@@ -598,4 +635,73 @@ def _run_demo(args: argparse.Namespace, session: Session) -> int:
         run_demo(demo.app, sys.stdout, limit=args.limit, batch_size=args.batch_size)
     finally:
         demo.close()
+    return 0
+
+
+# --------------------------------------------------------------- maintenance
+
+
+def _run_compact(args: argparse.Namespace, session: Session) -> int:
+    reports = session.app.maintain(args.collection, force=args.force)
+    _dump(reports)
+    return 0 if all(r["verify"]["ok"] for r in reports) else 1
+
+
+def _run_gc(args: argparse.Namespace, session: Session) -> int:
+    from brainy.gc import collect_garbage
+
+    app = session.app
+    app.require_schema(args.collection)
+    _dump(collect_garbage(app.store, args.collection, app.settings, dry_run=args.dry_run).to_dict())
+    return 0
+
+
+def _run_sweep(args: argparse.Namespace, session: Session) -> int:
+    from brainy.sweeper import sweep
+
+    app = session.app
+    app.require_schema(args.collection)
+    report = sweep(app, args.collection)
+    _dump(report.to_dict())
+    return 0 if not report.failed else 1
+
+
+def _run_verify(args: argparse.Namespace, session: Session) -> int:
+    from brainy.verify import repair, verify
+
+    app = session.app
+    app.require_schema(args.collection)
+    deep = not args.shallow
+    report = verify(app.store, args.collection, deep=deep)
+    out: dict[str, Any] = {"verify": report.to_dict()}
+    if args.repair and not report.ok:
+        out["repair"] = repair(app, args.collection, report).to_dict()
+        report = verify(app.store, args.collection, deep=deep)
+        out["after_repair"] = report.to_dict()
+    _dump(out)
+    return 0 if report.ok else 1
+
+
+def _leases(session: Session) -> Any:
+    from brainy.locks import LeaseManager
+
+    app = session.app
+    return LeaseManager(app.store, f"operator-{app.settings.instance_id}")
+
+
+def _run_locks_list(args: argparse.Namespace, session: Session) -> int:
+    from dataclasses import asdict
+
+    _dump([asdict(info) for info in _leases(session).list_leases()])
+    return 0
+
+
+def _run_locks_break(args: argparse.Namespace, session: Session) -> int:
+    from dataclasses import asdict
+
+    try:
+        broken = _leases(session).break_lease(args.resource)
+    except ValueError as e:
+        raise CliError("resource", str(e)) from None
+    _dump({"broken": asdict(broken) if broken else None})
     return 0
