@@ -7,10 +7,13 @@ import functions_framework
 from flask import Request, Response
 
 from brainy import web
+from brainy.errors import InvalidInput
 
 
 def _compact(app, request: Request) -> Response:
-    body = web.json_body(request, app.settings.max_body_size) if request.data else {}
+    body = web.json_body(request, app.settings.max_body_size, empty={})
+    if not isinstance(body, dict):
+        raise InvalidInput("body", "expected a JSON object")
     reports = app.maintain(body.get("collection"), force=bool(body.get("force", False)))
     ok = all(r["verify"]["ok"] for r in reports)
     return web.json_response(200 if ok else 500, {"collections": reports})

@@ -152,11 +152,14 @@ def _metrics(app: Any, request: Request) -> Response:
     return Response(app.metrics.render(), status=200, mimetype=CONTENT_TYPE_LATEST)
 
 
-def json_body(request: Request, max_size: int) -> Any:
-    """A JSON body (malformed JSON → 400 naming `body`)."""
+def json_body(request: Request, max_size: int, *, empty: Any = None) -> Any:
+    """A JSON body (malformed JSON → 400 naming `body`); `empty`, when given, is
+    what an empty body means."""
     from brainy.errors import InvalidInput
 
     data = read_body(request, max_size)
+    if empty is not None and not data.strip():
+        return empty
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
