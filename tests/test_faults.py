@@ -36,7 +36,7 @@ from brainy.storage import PreconditionFailed, StorageError, open_store
 from brainy.sweeper import sweep
 from brainy.verify import verify
 from faults import WRITE_OPS, Crash, Fault, FaultyStore
-from helpers import LWWModel, live_state
+from helpers import LWWModel, declare, live_state, make_app
 
 COLLECTION = "docs"
 DIM = 4
@@ -480,3 +480,25 @@ def test_a_batch_the_sweep_could_not_read_keeps_its_tombstones(tmp_path: Path):
     expected = {rid for rid, _ in FIRST[0].upserts} - {"a"}
     assert set(live_state(url, COLLECTION)) == expected
     assert verify(inner, COLLECTION).ok
+
+
+def test_a_duplicate_delivery_that_loses_the_race_reports_already_applied(tmp_path: Path):
+    """Indexer A builds a batch's segment; before A's commit lands, indexer B commits
+    the same batch. A rebases, finds it applied, and must say so."""
+    url = f"memory://dup-race-{time.time_ns()}"
+    app = make_app(url, tmp_path)
+    declare(app)
+    key = app.ingest({"collection": "docs", "records": [{"id": "a", "vector": [1.0] * 8}]}).batch
+    inner = open_store(url)
+    other: list = []
+
+    def b_first(n: int, op: str, obj: str) -> None:
+        if op == "put" and "/manifests/0" in obj and not other:
+            settings, _ = load_settings({"BRAINY_STORE": url}, role="indexer", store=inner)
+            other.append(Brainy(settings, inner).index_key(key))
+
+    faulty = FaultyStore(inner, before=b_first)
+    settings, _ = load_settings({"BRAINY_STORE": url}, role="indexer", store=faulty)
+    mine = Brainy(settings, faulty).index_key(key)
+    assert other[0].status == "applied" and other[0].version == 1
+    assert mine.status == "already-applied" and mine.version == 1

@@ -266,14 +266,20 @@ class Indexer:
         except CorruptBatch as e:
             quarantine(self.store, key, str(e))
             return IndexResult(key, "quarantined", detail=str(e))
-        manifest = self.apply(schema, key, batch, known)
+        manifest, committed = self.apply(schema, key, batch, known)
         self._manifests[collection] = manifest
-        return IndexResult(key, "applied", manifest.version)
+        # Another indexer may have committed the same batch while this one built it.
+        return IndexResult(key, "applied" if committed else "already-applied", manifest.version)
 
     def apply(
         self, schema: CollectionSchema, key: str, batch: Batch, known: Manifest | None
-    ) -> Manifest:
-        """Build the batch's segment, upload it, then commit it by manifest CAS."""
+    ) -> tuple[Manifest, bool]:
+        """Build the batch's segment, upload it, then commit it by manifest CAS.
+
+        Returns:
+            The manifest now current, and whether this call committed the batch
+            (False when another indexer applied it first).
+        """
         winners = last_per_id(batch)
         seg_rows, rows = build_batch_segment(batch, winners)
         new_ref = None
@@ -333,10 +339,9 @@ class Indexer:
                 tombstones=tombstones,
             )
 
-        manifest, _ = Manifests(self.store, schema.name).commit(
+        return Manifests(self.store, schema.name).commit(
             update, schema=schema.frozen(), committed_by=self.committed_by, base=known
         )
-        return manifest
 
 
 def schema_check(schema: CollectionSchema, manifest: Manifest) -> None:
