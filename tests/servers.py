@@ -152,7 +152,8 @@ def _wait_until_ready(emulator: Emulator, probe_url: str) -> None:
 
 
 def start_moto(port: int | None = None) -> Emulator:
-    """Start `python -m moto.server` on a loopback port and wait until it answers.
+    """Start moto's S3 server (one request at a time: `moto_serial.py`) on a loopback
+    port and wait until it answers.
 
     Args:
         port: the port to bind; a free one when omitted.
@@ -162,7 +163,7 @@ def start_moto(port: int | None = None) -> Emulator:
     """
     port = port or free_port()
     endpoint = f"http://{LOOPBACK}:{port}"
-    argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)]
+    argv = [sys.executable, str(Path(__file__).with_name("moto_serial.py")), LOOPBACK, str(port)]
     return _spawn("moto", argv, endpoint, "/moto-api/")
 
 
