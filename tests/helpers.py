@@ -106,3 +106,13 @@ def index_keys_in_process(
     if start is not None:
         start.wait()
     return [app.index_key(key).version or 0 for key in keys]
+
+
+def model_of(store: Any, keys: list[str]) -> dict[str, tuple[tuple[float, ...], Any]]:
+    """The live set last-writer-wins says the batches at `keys` leave."""
+    from brainy.batches import Batch
+
+    model = LWWModel()
+    for key in keys:
+        model.apply_batch(Batch.decode(store.get(key).data, key))
+    return model.live()

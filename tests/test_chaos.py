@@ -26,14 +26,14 @@ import numpy as np
 import pytest
 
 from brainy.app import Brainy
-from brainy.batches import WAL, Batch, collection_of_batch
+from brainy.batches import WAL, collection_of_batch
 from brainy.compaction import compact
 from brainy.events import ObjectCreated
 from brainy.manifest import Manifest, Manifests
 from brainy.storage import NotFound, open_store
 from brainy.sweeper import sweep
 from brainy.verify import verify
-from helpers import LWWModel, declare, live_state, make_app
+from helpers import declare, live_state, make_app, model_of
 
 COLLECTION = "docs"
 DIM = 8
@@ -130,14 +130,6 @@ def _deliveries(keys: list[str], seed: int) -> tuple[list[list[str]], set[str]]:
     return lists, dropped
 
 
-def _model(url: str, keys: list[str]) -> dict[str, Any]:
-    store = open_store(url, read_only=True)
-    model = LWWModel()
-    for key in keys:
-        model.apply_batch(Batch.decode(store.get(key).data, key))
-    return model.live()
-
-
 def _history(url: str) -> list[Manifest]:
     """Every version from 1 to the newest; fails on a gap or a missing newest."""
     manifests = Manifests(open_store(url, read_only=True), COLLECTION)
@@ -218,7 +210,7 @@ def run_chaos(url: str, tmp_path: Path) -> None:
 
     latest = history[-1]
     assert all(ref.level == 1 for ref in latest.segments) and latest.masked == 0
-    assert live_state(url, COLLECTION) == _model(url, keys)
+    assert live_state(url, COLLECTION) == model_of(open_store(url, read_only=True), keys)
     report = verify(open_store(url, read_only=True), COLLECTION)
     assert report.ok, report.problems
     wal = [i.key for i in open_store(url).list(f"{COLLECTION}/{WAL}/")]

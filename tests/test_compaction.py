@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainy.batches import Batch
 from brainy.compaction import compact, lease_resource, rebuild_compacted
 from brainy.locks import LeaseManager
 from brainy.manifest import Manifests
 from brainy.partitioning import hash_partition
 from brainy.storage import open_store
-from helpers import LWWModel, declare, live_state, make_app, random_vectors
+from helpers import declare, live_state, make_app, model_of, random_vectors
 
 
 def _ingest(app, rng, ids, *, deletes=(), meta=None):
@@ -35,14 +34,6 @@ def _ingest(app, rng, ids, *, deletes=(), meta=None):
     return key
 
 
-def _model(url, keys):
-    store = open_store(url, read_only=True)
-    model = LWWModel()
-    for key in keys:
-        model.apply_batch(Batch.decode(store.get(key).data, key))
-    return model.live()
-
-
 def _setup(tmp_path: Path, name: str, **settings: str):
     url = f"memory://compact-{name}"
     env = {"BRAINY_COMPACT_MIN_SEGMENTS": "2", "BRAINY_TOMBSTONE_GRACE": "0", **settings}
@@ -57,7 +48,7 @@ def test_compaction_merges_level0_into_partitions_and_keeps_the_live_set(tmp_pat
     keys = [_ingest(app, rng, [f"r{i}" for i in range(b * 10, b * 10 + 10)]) for b in range(5)]
     keys.append(_ingest(app, rng, ["r3", "r14"], deletes=["r5", "r27"]))
     before = live_state(url, "docs")
-    assert before == _model(url, keys)
+    assert before == model_of(open_store(url, read_only=True), keys)
 
     report = compact(app, "docs")
     assert report.status == "compacted"
@@ -99,7 +90,7 @@ def test_commits_landing_during_the_merge_are_not_lost(tmp_path):
     state = live_state(url, "docs")
     assert "r1" not in state and "r12" not in state
     assert state["r25"][1] == {"v": "new"}
-    assert state == _model(url, keys)
+    assert state == model_of(open_store(url, read_only=True), keys)
 
 
 def test_segment_count_stays_bounded_as_the_collection_grows(tmp_path):
@@ -114,7 +105,7 @@ def test_segment_count_stays_bounded_as_the_collection_grows(tmp_path):
         assert level0 < 2  # compact_min_segments
         for p in range(4):
             assert sum(1 for s in manifest.segments if s.partition == p and s.level) <= 2
-    assert live_state(url, "docs") == _model(url, keys)
+    assert live_state(url, "docs") == model_of(open_store(url, read_only=True), keys)
 
 
 def test_second_compactor_finds_the_lease_busy(tmp_path):
@@ -188,7 +179,7 @@ def test_a_corrupt_compacted_segment_is_rebuilt_row_for_row_by_repair(tmp_path):
     assert fixed.ok, fixed.unrepaired
     assert victim.id in fixed.swapped
     assert verify(store, "docs").ok
-    assert live_state(url, "docs") == expected == _model(url, keys)
+    assert live_state(url, "docs") == expected == model_of(open_store(url, read_only=True), keys)
     rebuilt = rebuild_compacted(store, app.require_schema("docs"), victim, tmp_path / "rb")
     assert rebuilt.count == victim.count
 
@@ -202,4 +193,4 @@ def test_compaction_on_real_backends(kind, store_url, tmp_path):
     keys = [_ingest(app, rng, [f"r{b}-{i}" for i in range(5)]) for b in range(3)]
     keys.append(_ingest(app, rng, [], deletes=["r0-0"]))
     assert compact(app, "docs").status == "compacted"
-    assert live_state(url, "docs") == _model(url, keys)
+    assert live_state(url, "docs") == model_of(open_store(url, read_only=True), keys)

@@ -14,6 +14,7 @@ import pytest
 
 from brainy.app import Brainy
 from brainy.batches import Batch
+from brainy.compaction import compact
 from brainy.gc import GCReport, collect_garbage
 from brainy.indexing import build_batch_segment, last_per_id
 from brainy.manifest import Manifest
@@ -22,8 +23,8 @@ from brainy.segments import SegmentRows, build_segment, load_segment, upload_seg
 from brainy.storage import NotFound, ObjectStore
 from brainy.sweeper import sweep
 from brainy.verify import verify
-from helpers import declare, live_state, make_app, random_vectors
-from maintenance_helpers import compact_all, ingest_batch, model_of, search_version
+from helpers import declare, live_state, make_app, model_of, random_vectors
+from maintenance_helpers import ingest_batch, search_version
 
 RETENTION = 1000.0
 GRACE = 100.0
@@ -64,7 +65,8 @@ def _scene(url: str, tmp_path: Path) -> Scene:
     for key in applied:
         app.index_key(key)
     reader = app.manifests("docs").latest()
-    compacted = compact_all(app).segments[0].key
+    assert compact(app, "docs", force=True, sweep_first=False).status == "compacted"
+    compacted = app.manifests("docs").latest().segments[0].key
     deletes = ingest_batch(app, rng, upserts=[], deletes=["id-1"])
     app.index_key(deletes)
     applied.append(deletes)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainy.batches import Batch, WriterClock
+from brainy.batches import WriterClock
 from brainy.config import SchemaFrozen
 from brainy.manifest import Manifests
 from brainy.storage import open_store
-from helpers import LWWModel, declare, live_state, make_app, random_vectors
+from helpers import declare, live_state, make_app, model_of, random_vectors
 
 
 def _write_random_batches(apps, rng: np.random.Generator, n_batches: int, ids: list[str]):
@@ -36,14 +36,6 @@ def _write_random_batches(apps, rng: np.random.Generator, n_batches: int, ids: l
     return keys
 
 
-def _model_of(url: str, keys: list[str]) -> dict:
-    store = open_store(url, read_only=True)
-    model = LWWModel()
-    for key in keys:
-        model.apply_batch(Batch.decode(store.get(key).data, key))
-    return model.live()
-
-
 def test_out_of_order_and_duplicated_delivery_converges_to_last_writer_wins(tmp_path: Path):
     """Three writers, overlapping ids, upserts and deletes; the batches indexed in
     several random orders with duplicates: every order ends in the LWW state."""
@@ -53,7 +45,7 @@ def test_out_of_order_and_duplicated_delivery_converges_to_last_writer_wins(tmp_
     declare(writers[0])
     ids = [f"id-{i}" for i in range(12)]
     keys = _write_random_batches(writers, rng, 24, ids)
-    expected = _model_of(source, keys)
+    expected = model_of(open_store(source, read_only=True), keys)
     src_store = open_store(source)
 
     for trial in range(4):

@@ -12,8 +12,8 @@ import pytest
 from brainy.quarantine import quarantine_key
 from brainy.storage import ObjectInfo, Transient
 from brainy.sweeper import sweep
-from helpers import declare, live_state, make_app
-from maintenance_helpers import ingest_batch, model_of
+from helpers import declare, live_state, make_app, model_of
+from maintenance_helpers import ingest_batch
 
 
 @pytest.mark.parametrize("kind", ["memory", "file"])

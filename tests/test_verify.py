@@ -31,8 +31,8 @@ from brainy.verify import (
     repair,
     verify,
 )
-from helpers import declare, live_state, make_app
-from maintenance_helpers import ingest_batch, model_of
+from helpers import declare, live_state, make_app, model_of
+from maintenance_helpers import ingest_batch
 
 
 def _collection(url: str, tmp_path: Path) -> tuple[Brainy, list[str]]:

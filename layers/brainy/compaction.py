@@ -329,13 +329,9 @@ def _build_outputs(
             key = upload_segment(store, schema.name, built)
         finally:
             built.path.unlink(missing_ok=True)
-        ref = SegmentRef(
-            id=built.id,
-            key=key,
-            count=built.count,
-            bytes=built.size,
-            min_ts=built.min_ts,
-            max_ts=built.max_ts,
+        ref = SegmentRef.uploaded(
+            built,
+            key,
             level=1,
             partition=out.partition,
             inputs=tuple(r.id for r in (*plan.level0, *out.inputs)),

@@ -295,15 +295,7 @@ class Indexer:
                 seg_key = upload_segment(self.store, schema.name, built)
             finally:
                 built.path.unlink(missing_ok=True)
-            new_ref = SegmentRef(
-                id=built.id,
-                key=seg_key,
-                count=built.count,
-                bytes=built.size,
-                min_ts=built.min_ts,
-                max_ts=built.max_ts,
-                sources=(key,),
-            )
+            new_ref = SegmentRef.uploaded(built, seg_key, sources=(key,))
             self.headers.put(
                 built.id,
                 SegmentHeader(

@@ -18,9 +18,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brainy.storage import NotFound, NotModified, ObjectStore, PreconditionFailed, StorageError
+
+if TYPE_CHECKING:
+    from brainy.segments import BuiltSegment
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,19 @@ class SegmentRef:
 
     def with_deleted(self, rows: set[int] | list[int]) -> SegmentRef:
         return replace(self, deleted=tuple(sorted(set(self.deleted) | set(rows))))
+
+    @classmethod
+    def uploaded(cls, built: BuiltSegment, key: str, **fields: Any) -> SegmentRef:
+        """The ref of a segment just built and uploaded at `key`."""
+        return cls(
+            id=built.id,
+            key=key,
+            count=built.count,
+            bytes=built.size,
+            min_ts=built.min_ts,
+            max_ts=built.max_ts,
+            **fields,
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SegmentRef:
