@@ -66,10 +66,11 @@ class HeaderCache:
             self.put(ref.id, header)
         return header
 
-    def retain(self, segment_ids: set[str]) -> None:
+    def forget(self, segment_ids: set[str]) -> None:
+        """Drop the headers of segments no manifest will list again (compacted away)."""
         with self._lock:
-            for sid in set(self._headers) - segment_ids:
-                del self._headers[sid]
+            for sid in segment_ids:
+                self._headers.pop(sid, None)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class LiveIndex:
                 current = self._rows.get(rid)
                 if current is not None and current.segment_id == sid and current.row == row:
                     del self._rows[rid]
+            self.headers.forget(set(self._refs) - set(target))
             for sid, ref in target.items():
                 if sid not in self._refs:
                     masked = set(ref.deleted)
