@@ -194,3 +194,28 @@ def test_compaction_on_real_backends(kind, store_url, tmp_path):
     keys.append(_ingest(app, rng, [], deletes=["r0-0"]))
     assert compact(app, "docs").status == "compacted"
     assert live_state(url, "docs") == model_of(open_store(url, read_only=True), keys)
+
+
+def test_two_compactors_never_both_commit_a_merge_of_the_same_segments(tmp_path):
+    """Even with the leases out of the picture (each compactor's lock lives in a store
+    of its own), the second merge of the same segments is refused by the commit."""
+    url, app = _setup(tmp_path, "double")
+    rng = np.random.default_rng(10)
+    keys = [_ingest(app, rng, [f"r{b}-{i}" for i in range(5)]) for b in range(3)]
+    other = make_app(url, tmp_path, BRAINY_COMPACT_MIN_SEGMENTS="2")
+    lonely = [
+        LeaseManager(open_store(f"memory://locks-{i}-{id(tmp_path)}"), f"c{i}") for i in (1, 2)
+    ]
+    outcome = {}
+
+    def the_other_merges_first():
+        outcome["other"] = compact(other, "docs", leases=lonely[1], sweep_first=False)
+
+    mine = compact(
+        app, "docs", leases=lonely[0], sweep_first=False, before_commit=the_other_merges_first
+    )
+    assert outcome["other"].status == "compacted"
+    assert mine.status == "conflict"
+    manifest = Manifests(open_store(url), "docs").latest()
+    assert manifest.version == outcome["other"].version
+    assert live_state(url, "docs") == model_of(open_store(url, read_only=True), keys)
