@@ -16,7 +16,6 @@ rebuilt row for row from its inputs while the base version is retained.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +27,14 @@ from brainy.config import CollectionSchema, Settings
 from brainy.locks import LeaseLost, LeaseManager
 from brainy.manifest import Manifest, Manifests, SegmentRef
 from brainy.partitioning import hash_partitions
-from brainy.segments import BuiltSegment, SegmentRows, build_segment, load_segment, upload_segment
+from brainy.segments import (
+    BuiltSegment,
+    LoadedSegment,
+    SegmentRows,
+    build_segment,
+    load_segment,
+    upload_segment,
+)
 from brainy.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -127,13 +133,32 @@ class _Output:
     row_of: dict[tuple[str, int], int]
 
 
-def _gather(
-    plan: Plan,
-    out: OutputPlan,
-    schema: CollectionSchema,
-    loader: Callable[[SegmentRef], Any],
-    workdir: Path,
-) -> _Output:
+class _Inputs:
+    """The input segments of a merge, each downloaded once, and the partition of
+    each level-0 row, hashed once whatever the number of outputs."""
+
+    def __init__(self, store: ObjectStore, schema: CollectionSchema, cache_dir: Path) -> None:
+        self.store = store
+        self.schema = schema
+        self.cache_dir = cache_dir
+        self._segments: dict[str, LoadedSegment] = {}
+        self._partitions: dict[str, np.ndarray] = {}
+
+    def segment(self, ref: SegmentRef) -> LoadedSegment:
+        if ref.id not in self._segments:
+            self._segments[ref.id] = load_segment(self.store, ref.key, ref.id, self.cache_dir)
+        return self._segments[ref.id]
+
+    def partitions(self, ref: SegmentRef) -> np.ndarray:
+        if ref.id not in self._partitions:
+            ids = self.segment(ref).header.ids
+            self._partitions[ref.id] = hash_partitions(
+                ids, self.schema.partitions, self.schema.seed
+            )
+        return self._partitions[ref.id]
+
+
+def _gather(plan: Plan, out: OutputPlan, inputs: _Inputs, workdir: Path) -> _Output:
     """Build one output segment from the rows of its inputs live at the base."""
     position = {ref.id: i for i, ref in enumerate(plan.base.segments)}
     feeds = sorted(
@@ -145,13 +170,14 @@ def _gather(
     metadata: list[Any] = []
     vectors: list[np.ndarray] = []
     row_of: dict[tuple[str, int], int] = {}
+    schema = inputs.schema
     for ref in feeds:
-        seg = loader(ref)
+        seg = inputs.segment(ref)
         header = seg.header
         live = np.ones(header.count, dtype=bool)
         live[list(ref.deleted)] = False
         if ref.level == 0:
-            live &= hash_partitions(header.ids, schema.partitions, schema.seed) == out.partition
+            live &= inputs.partitions(ref) == out.partition
         rows = np.flatnonzero(live)
         for r in rows.tolist():
             row_of[(ref.id, r)] = len(ids)
@@ -310,18 +336,10 @@ def compact(
 def _build_outputs(
     store: ObjectStore, plan: Plan, schema: CollectionSchema, cache_dir: Path
 ) -> list[tuple[_Output, SegmentRef]]:
-    segment_cache = cache_dir / "compaction"
-    workdir = Path(tempfile.mkdtemp(prefix="brainy-compact-"))
-    loaded: dict[str, Any] = {}
-
-    def loader(ref: SegmentRef) -> Any:
-        if ref.id not in loaded:
-            loaded[ref.id] = load_segment(store, ref.key, ref.id, segment_cache)
-        return loaded[ref.id]
-
+    inputs = _Inputs(store, schema, cache_dir / "compaction")
     results = []
     for out in plan.outputs:
-        output = _gather(plan, out, schema, loader, workdir)
+        output = _gather(plan, out, inputs, cache_dir / "build")
         if output.built is None:
             continue
         built = output.built
@@ -358,15 +376,8 @@ def rebuild_compacted(
     level0 = tuple(s for s in inputs if s.level == 0)
     others = tuple(s for s in inputs if s.level > 0)
     plan = Plan(base, level0, (OutputPlan(ref.partition or 0, others),))
-    workdir = Path(tempfile.mkdtemp(prefix="brainy-rebuild-"))
-    loaded: dict[str, Any] = {}
-
-    def loader(seg: SegmentRef) -> Any:
-        if seg.id not in loaded:
-            loaded[seg.id] = load_segment(store, seg.key, seg.id, cache_dir / "rebuild")
-        return loaded[seg.id]
-
-    output = _gather(plan, plan.outputs[0], schema, loader, workdir)
+    inputs = _Inputs(store, schema, cache_dir / "rebuild")
+    output = _gather(plan, plan.outputs[0], inputs, cache_dir / "build")
     if output.built is None or output.built.count != ref.count:
         raise ValueError(f"{ref.key}: its inputs no longer give {ref.count} rows")
     return output.built
