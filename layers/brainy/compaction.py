@@ -16,6 +16,7 @@ rebuilt row for row from its inputs while the base version is retained.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -148,6 +149,11 @@ class _Inputs:
         if ref.id not in self._segments:
             self._segments[ref.id] = load_segment(self.store, ref.key, ref.id, self.cache_dir)
         return self._segments[ref.id]
+
+    def close(self) -> None:
+        """Remove the downloaded inputs: merged away, they are not read again."""
+        self._segments.clear()
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
 
     def partitions(self, ref: SegmentRef) -> np.ndarray:
         if ref.id not in self._partitions:
@@ -337,9 +343,18 @@ def _build_outputs(
     store: ObjectStore, plan: Plan, schema: CollectionSchema, cache_dir: Path
 ) -> list[tuple[_Output, SegmentRef]]:
     inputs = _Inputs(store, schema, cache_dir / "compaction")
+    try:
+        return _upload_outputs(store, plan, schema, inputs, cache_dir / "build")
+    finally:
+        inputs.close()
+
+
+def _upload_outputs(
+    store: ObjectStore, plan: Plan, schema: CollectionSchema, inputs: _Inputs, workdir: Path
+) -> list[tuple[_Output, SegmentRef]]:
     results = []
     for out in plan.outputs:
-        output = _gather(plan, out, inputs, cache_dir / "build")
+        output = _gather(plan, out, inputs, workdir)
         if output.built is None:
             continue
         built = output.built
@@ -377,7 +392,10 @@ def rebuild_compacted(
     others = tuple(s for s in inputs if s.level > 0)
     plan = Plan(base, level0, (OutputPlan(ref.partition or 0, others),))
     inputs = _Inputs(store, schema, cache_dir / "rebuild")
-    output = _gather(plan, plan.outputs[0], inputs, cache_dir / "build")
+    try:
+        output = _gather(plan, plan.outputs[0], inputs, cache_dir / "build")
+    finally:
+        inputs.close()
     if output.built is None or output.built.count != ref.count:
         raise ValueError(f"{ref.key}: its inputs no longer give {ref.count} rows")
     return output.built
