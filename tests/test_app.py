@@ -122,3 +122,15 @@ def test_redeclaring_a_collection_that_holds_data_is_refused_and_writes_nothing(
         app.create_collection(CollectionSchema("docs", dimension=16))
     assert json.loads(store.get("_brainy/config.json").data) == {"collections": {}}
     assert config["collections"]["docs"]["dimension"] == 8
+
+
+def test_semantic_partitioning_is_refused_until_it_exists():
+    store = open_store("memory://semantic")
+    store.put(
+        "_brainy/config.json",
+        json.dumps({"collections": {"docs": {"dimension": 4, "strategy": "semantic"}}}).encode(),
+    )
+    with pytest.raises(
+        ConfigError, match=r"collections\.docs\.strategy: expected one of \['hash'\]"
+    ):
+        load_settings({"BRAINY_STORE": "memory://semantic"})

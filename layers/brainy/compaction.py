@@ -268,11 +268,6 @@ def compact(
             seam for tests that land other commits in between).
     """
     schema: CollectionSchema = app.require_schema(collection)
-    if schema.strategy != "hash":
-        raise NotImplementedError(
-            f"collections.{collection}.strategy: {schema.strategy!r} partitioning is not "
-            "available yet; use 'hash'"
-        )
     settings: Settings = app.settings
     store: ObjectStore = app.store
     report = CompactionReport(collection)

@@ -22,7 +22,9 @@ CONFIG_KEY = "_brainy/config.json"
 INSTANCES_PREFIX = "_brainy/instances/"
 
 METRICS = ("angular", "euclidean", "dot")
-STRATEGIES = ("hash", "semantic")
+# DESIGN §6 names a "semantic" strategy too; it is refused until it exists, rather
+# than accepted and then ignored.
+STRATEGIES = ("hash",)
 MODES = ("read-only", "write-only", "read-write")
 ROLES = ("search", "ingest", "indexer", "compactor", "bluesky", "github", "cli")
 DEFAULT_MODE = {
