@@ -104,7 +104,6 @@ class CollectionSchema:
     n_trees: int = 16
     search_k_factor: int = 512
     exact_threshold: int = 10_000
-    nprobe: int = 2
 
     @classmethod
     def from_dict(cls, name: str, raw: Any, key: str | None = None) -> CollectionSchema:
@@ -126,7 +125,6 @@ class CollectionSchema:
             ("n_trees", 1, 1000),
             ("search_k_factor", 1, 100_000),
             ("exact_threshold", 0, 10_000_000),
-            ("nprobe", 1, 4096),
         ):
             if int_key in values:
                 v = values[int_key]
