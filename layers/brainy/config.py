@@ -10,7 +10,7 @@ import re
 import socket
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -473,7 +473,3 @@ def create_collection(
         except PreconditionFailed:
             continue
     raise ConfigError(f"{CONFIG_KEY}: too much contention updating the configuration")
-
-
-def with_collections(settings: Settings, *schemas: CollectionSchema) -> Settings:
-    return replace(settings, collections={**settings.collections, **{s.name: s for s in schemas}})

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -112,11 +111,6 @@ class SegmentCache:
         self.hits = 0
         self.misses = 0
 
-    @property
-    def bytes(self) -> int:
-        with self._lock:
-            return sum(e.loaded.size for e in self._entries.values())
-
     def get_many(self, refs: list[SegmentRef]) -> list[CachedSegment]:
         futures: list[Future[CachedSegment]] = []
         with self._lock:
@@ -161,11 +155,6 @@ class SegmentCache:
                 total -= entry.loaded.size
                 for suffix in (".ann", ".json"):
                     (self.cache_dir / f"{sid}{suffix}").unlink(missing_ok=True)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-        shutil.rmtree(self.cache_dir, ignore_errors=True)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

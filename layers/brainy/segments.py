@@ -31,7 +31,7 @@ import numpy as np
 import xxhash
 from annoy import AnnoyIndex
 
-from brainy.storage import NotFound, ObjectStore, PreconditionFailed
+from brainy.storage import ObjectStore, PreconditionFailed
 
 MAGIC = b"BRAINYS1"
 _PREFIX_LEN = len(MAGIC) + 16 + 8
@@ -272,11 +272,3 @@ def _split_verified(part: Path, segment_id: str, key: str, head_path: Path, ann_
 
 def _unique() -> str:
     return f"{os.getpid()}-{threading.get_ident()}"
-
-
-def segment_exists(store: ObjectStore, key: str) -> bool:
-    try:
-        store.head(key)
-    except NotFound:
-        return False
-    return True
