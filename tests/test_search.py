@@ -55,3 +55,37 @@ def test_a_filter_matching_nothing_and_an_empty_collection_answer_no_results(tmp
     declare(app, name="empty", dimension=16)
     result = app.search({"collection": "empty", "vector": vectors[0].tolist()})
     assert (result.hits, result.version) == ([], 0)
+
+
+def test_segment_cache_evicts_least_recently_used_within_its_budget(tmp_path):
+    """Two collections, a cache that holds one of them: searching the other evicts
+    the least recently used segments (their files go); searching back downloads
+    them again, and every answer stays right."""
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((2, 4, 50, 16)).astype(np.float32)
+    writer = make_app(f"file://{tmp_path / 'store'}", tmp_path)
+    for c, name in enumerate(("left", "right")):
+        declare(writer, name=name, dimension=16)
+        for b in range(4):
+            records = [
+                {"id": f"{name}-{b}-{i}", "vector": vectors[c, b, i].tolist()} for i in range(50)
+            ]
+            writer.index_key(writer.ingest({"collection": name, "records": records}).batch)
+    one_collection = sum(
+        ref.bytes for ref in writer.manifests("left").latest().segments
+    )  # an upper bound of its cached files
+    app = make_app(f"file://{tmp_path / 'store'}", tmp_path, BRAINY_CACHE_SIZE=str(one_collection))
+    cache_dir = app.searcher.cache.cache_dir
+
+    def ask(c: int, name: str) -> None:
+        hits = app.search({"collection": name, "vector": vectors[c, 2, 7].tolist(), "k": 1}).hits
+        assert hits[0].id == f"{name}-2-7"
+
+    ask(0, "left")
+    left = {p.name for p in cache_dir.glob("*.ann")}
+    assert len(left) == 4 and app.store.requests["download"] == 4
+    ask(1, "right")
+    cached = {p.name for p in cache_dir.glob("*.ann")}
+    assert len(cached) == 4 and not cached & left  # left's segments were evicted
+    ask(0, "left")
+    assert app.store.requests["download"] == 12  # downloaded again, once each

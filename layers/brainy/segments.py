@@ -197,7 +197,8 @@ class LoadedSegment:
         self.id = segment_id
         self.header = header
         self.ann_path = ann_path
-        self.size = ann_path.stat().st_size
+        # Bytes on local disk: the index and the header beside it.
+        self.size = ann_path.stat().st_size + ann_path.with_suffix(".json").stat().st_size
         self.index = AnnoyIndex(header.dimension, header.metric)
         self.index.load(str(ann_path))
         self._lock = threading.Lock()
