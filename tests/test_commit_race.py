@@ -59,7 +59,7 @@ def _assert_contiguous_history(url: str, all_keys: list[str]) -> None:
     assert previous == set(all_keys)
 
 
-@pytest.mark.parametrize("kind", ["file", "s3"])
+@pytest.mark.parametrize("kind", ["file", "s3", "gcs"])
 def test_threads_racing_to_commit_all_land(kind: str, store_url: Callable[[str], str], tmp_path):
     url = store_url(kind)
     per_writer, expected = _ingest_batches(url, tmp_path)

@@ -184,7 +184,7 @@ def test_a_corrupt_compacted_segment_is_rebuilt_row_for_row_by_repair(tmp_path):
     assert rebuilt.count == victim.count
 
 
-@pytest.mark.parametrize("kind", ["file", "s3"])
+@pytest.mark.parametrize("kind", ["file", "s3", "gcs"])
 def test_compaction_on_real_backends(kind, store_url, tmp_path):
     url = store_url(kind)
     app = make_app(url, tmp_path, BRAINY_COMPACT_MIN_SEGMENTS="2", BRAINY_TOMBSTONE_GRACE="0")

@@ -97,7 +97,7 @@ def _keys(store: ObjectStore) -> dict[str, str]:
     return {info.key: info.etag for info in store.list("")}
 
 
-@pytest.mark.parametrize("kind", ["memory", "file", "s3"])
+@pytest.mark.parametrize("kind", ["memory", "file", "s3", "gcs"])
 def test_gc_removes_only_what_no_retained_version_needs(
     kind: str, store_url: Callable[[str], str], tmp_path: Path
 ):

@@ -16,7 +16,7 @@ from helpers import declare, live_state, make_app, model_of
 from maintenance_helpers import ingest_batch
 
 
-@pytest.mark.parametrize("kind", ["memory", "file"])
+@pytest.mark.parametrize("kind", ["memory", "file", "gcs"])
 def test_sweep_indexes_batches_whose_events_were_lost_and_skips_applied_ones(
     kind: str, store_url: Callable[[str], str], tmp_path: Path
 ):

@@ -64,7 +64,7 @@ def _kinds(report) -> dict[str, str]:
     return {p.key: p.kind for p in report.problems}
 
 
-@pytest.mark.parametrize("kind", ["memory", "file", "s3"])
+@pytest.mark.parametrize("kind", ["memory", "file", "s3", "gcs"])
 def test_verify_is_clean_on_a_healthy_collection(
     kind: str, store_url: Callable[[str], str], tmp_path: Path
 ):
@@ -78,7 +78,7 @@ def test_verify_is_clean_on_a_healthy_collection(
     assert verify(app.store, "nothing-here").ok
 
 
-@pytest.mark.parametrize("kind", ["memory", "file", "s3"])
+@pytest.mark.parametrize("kind", ["memory", "file", "s3", "gcs"])
 def test_a_flipped_byte_and_a_deleted_segment_are_found_and_rebuilt(
     kind: str, store_url: Callable[[str], str], tmp_path: Path
 ):
