@@ -16,8 +16,13 @@ class BrainyError(Exception):
         self.reason = reason
 
     def to_dict(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "field": self.field, "reason": self.reason,
-                          "message": str(self)}}  # fmt: skip
+        return error_body(self.code, self.field, self.reason)
+
+
+def error_body(code: str, field: str, reason: str) -> dict[str, Any]:
+    """The JSON every error answer carries: what went wrong, on which field, and why."""
+    return {"error": {"code": code, "field": field, "reason": reason,
+                      "message": f"{field}: {reason}"}}  # fmt: skip
 
 
 class InvalidInput(BrainyError):

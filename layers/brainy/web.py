@@ -15,7 +15,7 @@ from typing import Any
 from flask import Request, Response
 
 from brainy.config import ConfigError
-from brainy.errors import BrainyError, PayloadTooLarge
+from brainy.errors import BrainyError, PayloadTooLarge, error_body
 from brainy.manifest import CommitFailed
 from brainy.storage import ConditionalWritesUnsupported, ReadOnlyStore, StorageError
 
@@ -31,11 +31,10 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
     )
 
 
-def error_response(status: int, code: str, field: str, reason: str) -> Response:
-    message = f"{field}: {reason}"
-    return json_response(
-        status, {"error": {"code": code, "field": field, "reason": reason, "message": message}}
-    )
+def error_response(
+    status: int, code: str, field: str, reason: str, headers: dict[str, str] | None = None
+) -> Response:
+    return json_response(status, error_body(code, field, reason), headers)
 
 
 def read_body(request: Request, max_size: int) -> bytes:
@@ -72,12 +71,13 @@ def guarded(fn: Callable[[], Response]) -> Response:
 
 
 def method_not_allowed(request: Request, allowed: str) -> Response:
-    return json_response(
+    return error_response(
         405,
-        {"error": {"code": "method", "field": "method",
-                   "reason": f"{request.method} {request.path}: use {allowed}"}},
+        "method",
+        "method",
+        f"{request.method} {request.path}: use {allowed}",
         headers={"Allow": allowed.split()[0]},
-    )  # fmt: skip
+    )
 
 
 def not_found(request: Request, paths: list[str]) -> Response:
