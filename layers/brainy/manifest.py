@@ -269,7 +269,9 @@ class Manifests:
             CommitFailed: no attempt landed within `max_attempts`.
         """
         commit_id = uuid.uuid4().hex
-        current = self.latest(base) if base is None else self.probe_forward(base)
+        # A caller's base was just read: commit on it, and let a lost put tell
+        # whether newer versions exist rather than probing for them first.
+        current = self.latest() if base is None else base
         for attempt in range(max_attempts):
             parent = current or empty_manifest(self.collection, schema)
             if parent.commit_id == commit_id:
