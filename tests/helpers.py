@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from brainy.app import Brainy
-from brainy.config import CollectionSchema
+from brainy.core.config import CollectionSchema
+from brainy.service.app import Brainy
 from brainy.storage import open_store
 
 
@@ -37,8 +37,8 @@ def declare(app: Brainy, name: str = "docs", dimension: int = 8, **kw: Any) -> C
 def live_state(url: str, collection: str) -> dict[str, tuple[tuple[float, ...], Any]]:
     """id → (vector, metadata) of every live row of the newest manifest, read back
     from the segments themselves; fails if an id is live twice."""
-    from brainy.manifest import Manifests
-    from brainy.segments import load_segment
+    from brainy.format.segment import load_segment
+    from brainy.table.manifest import Manifests
 
     store = open_store(url, read_only=True)
     manifest = Manifests(store, collection).latest()
@@ -110,7 +110,7 @@ def index_keys_in_process(
 
 def model_of(store: Any, keys: list[str]) -> dict[str, tuple[tuple[float, ...], Any]]:
     """The live set last-writer-wins says the batches at `keys` leave."""
-    from brainy.batches import Batch
+    from brainy.format.batch import Batch
 
     model = LWWModel()
     for key in keys:

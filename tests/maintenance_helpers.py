@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from brainy.app import Brainy
-from brainy.config import CollectionSchema
-from brainy.manifest import Manifest
-from brainy.search import SegmentCache, search_segment
+from brainy.core.config import CollectionSchema
+from brainy.read.search import SegmentCache, search_segment
+from brainy.service.app import Brainy
 from brainy.storage import ObjectStore
+from brainy.table.manifest import Manifest
 from helpers import random_vectors
 
 IDS = [f"id-{i}" for i in range(10)]

@@ -6,8 +6,8 @@ declared collection is maintained in turn."""
 import functions_framework
 from flask import Request, Response
 
-from brainy import web
-from brainy.errors import InvalidInput
+from brainy.core.errors import InvalidInput
+from brainy.entry import web
 
 
 def _compact(app, request: Request) -> Response:

@@ -9,8 +9,8 @@ quarantined); a transient failure answers 5xx so the platform redelivers.
 import functions_framework
 from flask import Request, Response
 
-from brainy import web
-from brainy.events import parse_request
+from brainy.entry import web
+from brainy.write.events import parse_request
 
 
 def _index(app, request: Request) -> Response:

@@ -3,8 +3,8 @@
 import functions_framework
 from flask import Request, Response
 
-from brainy import web
-from brainy.ingest import parse_body
+from brainy.entry import web
+from brainy.write.ingest import parse_body
 
 
 def _ingest(app, request: Request) -> Response:

@@ -5,7 +5,7 @@ import time
 import functions_framework
 from flask import Request, Response
 
-from brainy import web
+from brainy.entry import web
 
 
 def _search(app, request: Request) -> Response:

@@ -1,5 +1,5 @@
 """`python -m brainy`: the same command line as the `brainy` script."""
 
-from brainy.cli import main
+from brainy.entry.cli import main
 
 raise SystemExit(main())

@@ -37,8 +37,8 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from prometheus_client.parser import text_string_to_metric_families
 
-from brainy.manifest import Manifests
 from brainy.storage import ObjectStore, open_store
+from brainy.table.manifest import Manifests
 from servers import LOOPBACK, Emulator, _die_with_parent, _wait_until_ready, free_port
 
 REPO = Path(__file__).resolve().parents[2]

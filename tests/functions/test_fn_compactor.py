@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from brainy.manifest import Manifests
 from brainy.storage import open_store
+from brainy.table.manifest import Manifests
 from conftest import Launcher
 from helpers import declare, live_state, make_app
 from servers import emulator_env

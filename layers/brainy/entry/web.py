@@ -1,0 +1,166 @@
+"""HTTP glue shared by the functions: bodies in, JSON out, errors as clear 4xx/5xx.
+
+Only the entry points and this module know HTTP; the layer below raises typed
+errors and this maps them once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from flask import Request, Response
+
+from brainy.core.config import ConfigError
+from brainy.core.errors import BrainyError, PayloadTooLarge, error_body
+from brainy.storage import ConditionalWritesUnsupported, ReadOnlyStore, StorageError
+from brainy.table.manifest import CommitFailed
+
+log = logging.getLogger(__name__)
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":"), default=str),
+        status=status,
+        mimetype="application/json",
+        headers=headers,
+    )
+
+
+def error_response(
+    status: int, code: str, field: str, reason: str, headers: dict[str, str] | None = None
+) -> Response:
+    return json_response(status, error_body(code, field, reason), headers)
+
+
+def read_body(request: Request, max_size: int) -> bytes:
+    """The raw body, refused with 413 beyond `max_size` (before reading it, when the
+    client announced its length)."""
+    if request.content_length is not None and request.content_length > max_size:
+        raise PayloadTooLarge("body", f"{request.content_length} bytes; at most {max_size}")
+    data = request.stream.read(max_size + 1)
+    if len(data) > max_size:
+        raise PayloadTooLarge("body", f"more than {max_size} bytes")
+    return data
+
+
+def guarded(fn: Callable[[], Response]) -> Response:
+    """Run a handler; turn the errors of the layer into responses."""
+    try:
+        return fn()
+    except BrainyError as e:
+        return json_response(e.status, e.to_dict())
+    except ConfigError as e:
+        field, _, reason = str(e).partition(": ")
+        return error_response(400, "config", field, reason or str(e))
+    except ReadOnlyStore as e:
+        return error_response(403, "forbidden", "mode", str(e))
+    except CommitFailed as e:
+        return error_response(503, "contention", "manifest", str(e))
+    except StorageError as e:
+        log.exception("storage failure")
+        return error_response(503, "storage", "storage", f"{type(e).__name__}: {e}")
+    except Exception as e:
+        # A bug, not the caller's doing: logged in full, answered as JSON all the same.
+        log.exception("unexpected failure")
+        return error_response(500, "internal", "server", f"{type(e).__name__}: {e}")
+
+
+def method_not_allowed(request: Request, allowed: str) -> Response:
+    return error_response(
+        405,
+        "method",
+        "method",
+        f"{request.method} {request.path}: use {allowed}",
+        headers={"Allow": allowed.split()[0]},
+    )
+
+
+def not_found(request: Request, paths: list[str]) -> Response:
+    return error_response(404, "not_found", "path", f"{request.path}: expected one of {paths}")
+
+
+_instances: dict[str, Any] = {}
+_instances_lock = threading.Lock()
+
+
+def instance(role: str) -> Any:
+    """The process's Brainy instance for `role`, created on first use from the
+    environment (a cold start reads the config once; warm calls reuse it).
+
+    functions-framework serves requests on threads: the first requests of a cold
+    instance wait for one Brainy rather than each building its own (with its own
+    caches and metrics). A failed start is not kept, so the next request retries.
+    """
+    from brainy.service.app import Brainy
+
+    app = _instances.get(role)
+    if app is None:
+        with _instances_lock:
+            app = _instances.get(role)
+            if app is None:
+                app = _instances[role] = Brainy.from_env(role)
+    return app
+
+
+Handler = Callable[[Any, Request], Response]
+
+
+def serve(request: Request, role: str, routes: dict[tuple[str, str], Handler]) -> Response:
+    """Route a request of a function: its own routes plus `GET /health` and
+    `GET /metrics`, which every function serves."""
+    try:
+        app = instance(role)
+    except ConfigError as e:
+        log.error("configuration invalid: %s", e)
+        field, _, reason = str(e).partition(": ")
+        return error_response(500, "config", field, reason or str(e))
+    except ConditionalWritesUnsupported as e:
+        log.error("cannot start: %s", e)
+        return error_response(500, "storage", "storage", str(e))
+    except StorageError as e:
+        # Storage unreachable at a cold start: 503, so a platform redelivers.
+        log.exception("cannot start: storage failure")
+        return error_response(503, "storage", "storage", f"{type(e).__name__}: {e}")
+    table: dict[tuple[str, str], Handler] = {
+        ("GET", "/health"): _health,
+        ("GET", "/metrics"): _metrics,
+        **routes,
+    }
+    path = request.path.rstrip("/") or "/"
+    handler = table.get((request.method, path))
+    if handler is None:
+        allowed = [m for (m, p) in table if p == path]
+        if allowed:
+            return method_not_allowed(request, " ".join(allowed))
+        return not_found(request, sorted({p for _, p in table}))
+    return guarded(lambda: handler(app, request))
+
+
+def _health(app: Any, request: Request) -> Response:
+    ok, body = app.health()
+    return json_response(200 if ok else 503, body)
+
+
+def _metrics(app: Any, request: Request) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(app.metrics.render(), status=200, mimetype=CONTENT_TYPE_LATEST)
+
+
+def json_body(request: Request, max_size: int, *, empty: Any = None) -> Any:
+    """A JSON body (malformed JSON → 400 naming `body`); `empty`, when given, is
+    what an empty body means."""
+    from brainy.core.errors import InvalidInput
+
+    data = read_body(request, max_size)
+    if empty is not None and not data.strip():
+        return empty
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidInput("body", f"malformed JSON ({e})") from None

@@ -1,0 +1,132 @@
+"""The sweeper: indexes batches that no event ever indexed.
+
+Notifications get lost (a platform outage, a misconfigured trigger, a crash
+between the put and the event). The sweeper lists `<collection>/wal/` and hands
+every batch the newest manifest has not applied to the same `Indexer.index` an
+event would have reached, so a lost notification delays a record but never
+drops it. Indexing is idempotent, so a sweep racing the real event is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from brainy.format.batch import WAL, collection_of_batch
+from brainy.storage import StorageError
+from brainy.table.manifest import CommitFailed
+
+if TYPE_CHECKING:
+    from brainy.service.app import Brainy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    """What one sweep of a collection's `wal/` found and did.
+
+    Attributes:
+        collection: the collection swept.
+        started: epoch seconds just before the listing began; every batch written
+            before this instant was listed.
+        older_than: batches younger than this many seconds were left to their events.
+        seen: batch objects listed.
+        already_applied: of those, applied by the newest manifest (or by the time
+            the indexer looked).
+        indexed: applied by this sweep (their events were lost or are late).
+        quarantined: corrupt batches moved to quarantine by the indexer.
+        missing: listed, then gone before they could be read.
+        deferred: younger than `older_than`, left alone.
+        failed: keys whose indexing failed with a storage or commit error (retried
+            by the next sweep); any failure voids the horizon.
+        version: the newest manifest version after the sweep (0: none).
+        indexed_keys: the keys this sweep applied.
+    """
+
+    collection: str
+    started: float
+    older_than: float = 0.0
+    seen: int = 0
+    already_applied: int = 0
+    indexed: int = 0
+    quarantined: int = 0
+    missing: int = 0
+    deferred: int = 0
+    failed: list[str] = field(default_factory=list)
+    version: int = 0
+    indexed_keys: list[str] = field(default_factory=list)
+
+    @property
+    def horizon(self) -> float | None:
+        """Every batch written before this instant is applied, quarantined or gone;
+        None when a batch could not be indexed. Compaction may drop a tombstone only
+        once its delete is older than the horizon (no older copy can still arrive)."""
+        return None if self.failed else self.started - self.older_than
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "horizon": self.horizon}
+
+
+def sweep(app: Brainy, collection: str, *, older_than: float = 0) -> SweepReport:
+    """Index every batch of `collection` that the newest manifest has not applied.
+
+    Args:
+        app: the instance whose indexer (the same code events reach) applies batches.
+        collection: the collection to sweep.
+        older_than: leave batches younger than this many seconds (by the store's
+            modification time) to the events that are probably on their way.
+
+    Returns:
+        The counts, the keys indexed and the time the listing started.
+
+    Raises:
+        StorageError: the listing or the manifest read failed.
+    """
+    manifests = app.manifests(collection)
+    report = SweepReport(collection, started=time.time(), older_than=older_than)
+    manifest = manifests.latest()
+    applied = manifest.applied_set if manifest else frozenset()
+    cutoff = report.started - older_than
+    for info in app.store.list(f"{collection}/{WAL}/"):
+        if collection_of_batch(info.key) != collection:
+            continue
+        report.seen += 1
+        if info.key in applied:
+            report.already_applied += 1
+            continue
+        if older_than and info.modified > cutoff:
+            report.deferred += 1
+            continue
+        try:
+            result = app.index_key(info.key)
+        except (StorageError, CommitFailed) as e:
+            log.warning("sweep %s: could not index %s: %s", collection, info.key, e)
+            report.failed.append(info.key)
+            continue
+        if result.status == "applied":
+            report.indexed += 1
+            report.indexed_keys.append(info.key)
+        elif result.status == "already-applied":
+            report.already_applied += 1
+        elif result.status == "quarantined":
+            report.quarantined += 1
+        elif result.status == "missing":
+            report.missing += 1
+        else:
+            # "ignored": the collection is not declared on this instance; nothing
+            # can index it here, so the horizon must not claim otherwise.
+            report.failed.append(info.key)
+    latest = manifests.latest(manifest)
+    report.version = latest.version if latest else 0
+    if report.indexed or report.quarantined:
+        log.info(
+            "sweep %s: %d indexed, %d quarantined of %d batches",
+            collection,
+            report.indexed,
+            report.quarantined,
+            report.seen,
+        )
+    return report

@@ -1,0 +1,326 @@
+"""The search path (DESIGN §9): resolve the manifest, make sure each live segment is
+in the local cache, query segments in parallel, drop masked and filtered rows,
+merge best-first. Small segments (and selective filters) are searched exactly."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainy.core.config import CollectionSchema
+from brainy.core.errors import VersionNotVisible
+from brainy.format.segment import LoadedSegment, load_segment
+from brainy.storage import ObjectStore
+from brainy.table.manifest import Manifest, Manifests, ManifestView, SegmentRef
+
+Scored = tuple[float, str, Any]  # (score, id, metadata)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    metadata: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": self.score, "metadata": self.metadata}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    version: int
+
+
+def scores(metric: str, vectors: np.ndarray, query: np.ndarray, norms: np.ndarray | None = None):
+    """Higher is better for every metric: cosine similarity for angular, the inner
+    product for dot, and the negated L2 distance for euclidean."""
+    if metric == "angular":
+        dots = vectors @ query
+        if norms is None:
+            norms = np.linalg.norm(vectors, axis=1)
+        return dots / np.maximum(norms * np.linalg.norm(query), 1e-30)
+    if metric == "dot":
+        return vectors @ query
+    return -np.linalg.norm(vectors - query, axis=1)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class FilterIndex:
+    """Per segment and metadata field: value → the rows holding it, built on first use."""
+
+    def __init__(self, metadata: list[Any]) -> None:
+        self.metadata = metadata
+        self._fields: dict[str, dict[str, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def rows(self, field: str, value: Any) -> np.ndarray:
+        with self._lock:
+            index = self._fields.get(field)
+            if index is None:
+                buckets: dict[str, list[int]] = {}
+                for row, meta in enumerate(self.metadata):
+                    if isinstance(meta, Mapping) and field in meta:
+                        buckets.setdefault(_canonical(meta[field]), []).append(row)
+                index = {k: np.asarray(v, dtype=np.int64) for k, v in buckets.items()}
+                self._fields[field] = index
+        return index.get(_canonical(value), np.zeros(0, dtype=np.int64))
+
+    def matching(self, filters: Mapping[str, Any]) -> np.ndarray:
+        result: np.ndarray | None = None
+        for field, value in filters.items():
+            rows = self.rows(field, value)
+            result = rows if result is None else np.intersect1d(result, rows, assume_unique=True)
+        return result if result is not None else np.zeros(0, dtype=np.int64)
+
+
+class CachedSegment:
+    def __init__(self, loaded: LoadedSegment) -> None:
+        self.loaded = loaded
+        self.filters = FilterIndex(loaded.header.metadata)
+
+
+class SegmentCache:
+    """Segments on local disk, bounded by bytes, least recently used evicted.
+
+    Concurrent requests for one segment share one download; downloads of
+    different segments run in parallel. An evicted segment's files are unlinked,
+    which is safe while a query still maps them.
+    """
+
+    def __init__(self, store: ObjectStore, cache_dir: Path, max_bytes: int, threads: int) -> None:
+        self.store = store
+        self.cache_dir = Path(cache_dir)
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, CachedSegment] = OrderedDict()
+        self._inflight: dict[str, Future[CachedSegment]] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="brainy-download")
+        self.hits = 0
+        self.misses = 0
+
+    def get_many(self, refs: list[SegmentRef]) -> list[CachedSegment]:
+        futures: list[Future[CachedSegment]] = []
+        with self._lock:
+            for ref in refs:
+                entry = self._entries.get(ref.id)
+                if entry is not None:
+                    self._entries.move_to_end(ref.id)
+                    self.hits += 1
+                    done: Future[CachedSegment] = Future()
+                    done.set_result(entry)
+                    futures.append(done)
+                    continue
+                self.misses += 1
+                fut = self._inflight.get(ref.id)
+                if fut is None:
+                    fut = self._pool.submit(self._load, ref)
+                    self._inflight[ref.id] = fut
+                futures.append(fut)
+        result = [f.result() for f in futures]
+        self._evict(keep={ref.id for ref in refs})
+        return result
+
+    def _load(self, ref: SegmentRef) -> CachedSegment:
+        try:
+            entry = CachedSegment(load_segment(self.store, ref.key, ref.id, self.cache_dir))
+            with self._lock:
+                self._entries[ref.id] = entry
+            return entry
+        finally:
+            with self._lock:
+                self._inflight.pop(ref.id, None)
+
+    def _evict(self, keep: set[str]) -> None:
+        with self._lock:
+            total = sum(e.loaded.size for e in self._entries.values())
+            for sid in list(self._entries):
+                if total <= self.max_bytes:
+                    break
+                if sid in keep:
+                    continue
+                entry = self._entries.pop(sid)
+                total -= entry.loaded.size
+                for suffix in (".ann", ".json"):
+                    (self.cache_dir / f"{sid}{suffix}").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def search_segment(
+    seg: CachedSegment,
+    ref: SegmentRef,
+    schema: CollectionSchema,
+    query: np.ndarray,
+    k: int,
+    filters: Mapping[str, Any] | None,
+) -> list[Scored]:
+    """The best `k` live rows of one segment matching `filters`."""
+    loaded = seg.loaded
+    n = loaded.count
+    masked = np.asarray(ref.deleted, dtype=np.int64)
+    allowed: np.ndarray | None = None
+    if filters:
+        allowed = np.setdiff1d(seg.filters.matching(filters), masked, assume_unique=True)
+        if allowed.size == 0:
+            return []
+    if n <= schema.exact_threshold or (
+        allowed is not None and allowed.size <= schema.exact_threshold
+    ):
+        return _exact(loaded, schema.metric, query, k, masked, allowed)
+    return _approximate(loaded, schema, query, k, masked, allowed)
+
+
+def _hits(loaded: LoadedSegment, s: np.ndarray, rows: np.ndarray) -> list[Scored]:
+    ids, metadata = loaded.header.ids, loaded.header.metadata
+    return [(float(sc), ids[r], metadata[r]) for sc, r in zip(s, rows.tolist(), strict=True)]
+
+
+def _top(scored: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if scored.size > k:
+        part = np.argpartition(-scored, k - 1)[:k]
+        return scored[part], rows[part]
+    return scored, rows
+
+
+def _exact(
+    loaded: LoadedSegment,
+    metric: str,
+    query: np.ndarray,
+    k: int,
+    masked: np.ndarray,
+    allowed: np.ndarray | None,
+) -> list[Scored]:
+    if allowed is None:
+        s = scores(metric, loaded.dense, query, loaded.norms if metric == "angular" else None)
+        if masked.size:
+            s = s.copy()
+            s[masked] = -np.inf
+        rows = np.arange(loaded.count)
+        s, rows = _top(s, rows, k)
+        keep = np.isfinite(s)
+        s, rows = s[keep], rows[keep]
+    else:
+        rows = allowed
+        norms = loaded.norms[rows] if metric == "angular" else None
+        s, rows = _top(scores(metric, loaded.dense[rows], query, norms), rows, k)
+    return _hits(loaded, s, rows)
+
+
+def _approximate(
+    loaded: LoadedSegment,
+    schema: CollectionSchema,
+    query: np.ndarray,
+    k: int,
+    masked: np.ndarray,
+    allowed: np.ndarray | None,
+) -> list[Scored]:
+    n = loaded.count
+    blocked = set(masked.tolist())
+    allowed_set = set(allowed.tolist()) if allowed is not None else None
+    fraction = (allowed.size / n) if allowed is not None else max(1 - len(blocked) / n, 1e-3)
+    fetch = min(n, max(k * 2, int((k * 1.5) / fraction) + 1))
+    qlist = query.tolist()
+    while True:
+        search_k = fetch * schema.search_k_factor
+        found = loaded.index.get_nns_by_vector(qlist, fetch, search_k=search_k)
+        rows = np.asarray(
+            [r for r in found if r not in blocked and (allowed_set is None or r in allowed_set)],
+            dtype=np.int64,
+        )
+        if rows.size >= k or fetch >= n:
+            break
+        fetch = min(n, fetch * 4)
+    if rows.size == 0:
+        return []
+    vectors = loaded.vectors[rows]
+    s, rows = _top(scores(schema.metric, vectors, query), rows, k)
+    return _hits(loaded, s, rows)
+
+
+class Searcher:
+    """Answers k-nearest-neighbour queries over everything committed to a store."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        cache_dir: Path,
+        cache_bytes: int,
+        refresh_interval: float,
+        query_threads: int = 4,
+        download_threads: int = 8,
+    ) -> None:
+        self.store = store
+        self.refresh_interval = refresh_interval
+        self.cache = SegmentCache(store, cache_dir, cache_bytes, download_threads)
+        self._views: dict[str, ManifestView] = {}
+        self._views_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(query_threads, thread_name_prefix="brainy-query")
+        self.vectors_served = 0
+
+    def view(self, collection: str) -> ManifestView:
+        with self._views_lock:
+            view = self._views.get(collection)
+            if view is None:
+                view = ManifestView(Manifests(self.store, collection), self.refresh_interval)
+                self._views[collection] = view
+            return view
+
+    def manifest(
+        self, collection: str, min_version: int | None = None, timeout: float = 10.0
+    ) -> Manifest | None:
+        view = self.view(collection)
+        if min_version:
+            current = view.wait_for(min_version, timeout)
+            if current is None or current.version < min_version:
+                have = current.version if current else 0
+                raise VersionNotVisible(
+                    "min_version",
+                    f"version {min_version} is not visible after {timeout:g}s (newest: {have})",
+                )
+            return current
+        return view.current()
+
+    def search(
+        self,
+        schema: CollectionSchema,
+        query: np.ndarray,
+        k: int,
+        filters: Mapping[str, Any] | None = None,
+        min_version: int | None = None,
+        timeout: float = 10.0,
+    ) -> SearchResult:
+        manifest = self.manifest(schema.name, min_version, timeout)
+        if manifest is None:
+            return SearchResult([], 0)
+        schema.check_compatible(manifest.schema)
+        refs = [ref for ref in manifest.segments if ref.live > 0]
+        segments = self.cache.get_many(refs)
+        query = np.asarray(query, dtype=np.float32)
+        parts = self._pool.map(
+            lambda pair: search_segment(pair[0], pair[1], schema, query, k, filters),
+            zip(segments, refs, strict=True),
+        )
+        best = heapq.nsmallest(
+            k, (item for part in parts for item in part), key=lambda t: (-t[0], t[1])
+        )
+        hits = [Hit(rid, score, metadata) for score, rid, metadata in best]
+        self.vectors_served += len(hits)
+        return SearchResult(hits, manifest.version)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self.cache.close()

@@ -1,0 +1,310 @@
+"""One Brainy instance: its settings, its store and the use cases every entry point
+(functions, CLI) calls. Entry points parse and respond; the work happens here."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainy.core.config import (
+    CONFIG_KEY,
+    CollectionSchema,
+    ConfigError,
+    Settings,
+    create_collection,
+    load_settings,
+    parse_layer,
+    read_json_object,
+)
+from brainy.core.errors import Forbidden, InvalidInput, UnknownCollection
+from brainy.format.batch import WriterClock
+from brainy.read.search import Searcher, SearchResult
+from brainy.service.metrics import Metrics
+from brainy.storage import ObjectStore, StorageError
+from brainy.table.manifest import Manifest, Manifests
+from brainy.write.events import ObjectCreated
+from brainy.write.indexer import Indexer, IndexResult
+from brainy.write.ingest import (
+    IngestOutcome,
+    check_idempotency_key,
+    check_vector,
+    embed_text,
+    validate,
+    write_batch,
+)
+
+log = logging.getLogger(__name__)
+
+_QUERY_FIELDS = {"collection", "vector", "text", "k", "filter", "min_version"}
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    schema: CollectionSchema
+    vector: np.ndarray
+    k: int
+    filters: dict[str, Any]
+    min_version: int | None
+
+
+class Brainy:
+    """An instance of one role, bound to one store."""
+
+    def __init__(self, settings: Settings, store: ObjectStore) -> None:
+        self.settings = settings
+        self.store = store
+        # Explicit instance ids may be shared by every copy of a function: the
+        # writer id adds a per-process nonce so (timestamp, writer) stays unique.
+        self.writer_id = f"{settings.instance_id}-{uuid.uuid4().hex[:6]}"
+        self.clock = WriterClock()
+        self.started = time.time()
+        self._collections = dict(settings.collections)
+        self._config_checked = time.monotonic()
+        self._lock = threading.Lock()
+        self._searcher: Searcher | None = None
+        self._indexer: Indexer | None = None
+        self.metrics = Metrics(self._cache_hit_ratio)
+        store.add_observer(self.metrics.count_request)
+
+    @classmethod
+    def from_env(cls, role: str, env: Mapping[str, str] | None = None) -> Brainy:
+        """An instance configured from the environment and the bucket (a cold start).
+
+        A writing instance on S3 first proves the endpoint honours conditional
+        writes: some S3-compatible stores ignore `If-None-Match`, and there a
+        commit would silently overwrite another.
+        """
+        settings, store = load_settings(env, role=role)
+        if store.scheme == "s3" and not settings.read_only:
+            store.check_conditional_writes(f"_brainy/probes/{settings.instance_id}")
+        return cls(settings, store)
+
+    # ------------------------------------------------------------ collections
+
+    def schema(self, name: str) -> CollectionSchema | None:
+        """A collection's schema; an unknown name re-reads the shared config (at most
+        once per refresh interval), so collections created later are found."""
+        schema = self._collections.get(name)
+        if schema is not None:
+            return schema
+        with self._lock:
+            if time.monotonic() - self._config_checked >= self.settings.refresh_interval:
+                self._config_checked = time.monotonic()
+                self._reload_collections()
+        return self._collections.get(name)
+
+    def require_schema(self, name: Any) -> CollectionSchema:
+        if not isinstance(name, str) or not name:
+            raise InvalidInput("collection", "required: the name of a collection")
+        schema = self.schema(name)
+        if schema is None:
+            raise UnknownCollection(name)
+        return schema
+
+    def _reload_collections(self) -> None:
+        raw, _ = read_json_object(self.store, CONFIG_KEY)
+        if raw is None:
+            return
+        layer = parse_layer(raw, CONFIG_KEY)
+        self._collections = {**layer.get("collections", {}), **self.settings.collections}
+
+    def create_collection(self, schema: CollectionSchema) -> bool:
+        if self.settings.read_only:
+            raise Forbidden("mode", "a read-only instance cannot create collections")
+        stored = self.manifests(schema.name).latest()
+        created = create_collection(
+            self.store, schema, stored=stored.schema if stored is not None else None
+        )
+        self._collections[schema.name] = schema
+        return created
+
+    def collections(self) -> dict[str, CollectionSchema]:
+        self._reload_collections()
+        return dict(self._collections)
+
+    def manifests(self, name: str) -> Manifests:
+        return Manifests(self.store, name)
+
+    # ----------------------------------------------------------------- ingest
+
+    def ingest(
+        self, payload: Mapping[str, Any], idempotency_key: str | None = None
+    ) -> IngestOutcome:
+        if self.settings.read_only:
+            raise Forbidden("mode", "this instance is read-only: ingest is refused")
+        started = time.perf_counter()
+        key = check_idempotency_key(idempotency_key)
+        request = validate(payload, self.settings, self.schema)
+        outcome = write_batch(self.store, request, self.writer_id, self.clock, key)
+        self.metrics.ingest_seconds.observe(time.perf_counter() - started)
+        self.metrics.records_ingested.inc(outcome.accepted + outcome.deleted)
+        return outcome
+
+    # ------------------------------------------------------------------ index
+
+    @property
+    def indexer(self) -> Indexer:
+        if self._indexer is None:
+            self._indexer = Indexer(
+                self.store,
+                self.schema,
+                committed_by=self.writer_id,
+                workdir=Path(self.settings.cache_dir) / "build",
+            )
+        return self._indexer
+
+    def index_objects(self, objects: list[ObjectCreated]) -> list[IndexResult]:
+        """Index every batch the events name; other objects are acknowledged."""
+        results = []
+        for obj in objects:
+            key = self.store.key_from_event(obj.bucket, obj.key)
+            if key is None:
+                results.append(IndexResult(obj.key, "ignored", detail="outside this store"))
+                continue
+            started = time.perf_counter()
+            results.append(self.indexer.index(key))
+            self.metrics.index_seconds.observe(time.perf_counter() - started)
+        return results
+
+    def index_key(self, key: str) -> IndexResult:
+        return self.indexer.index(key)
+
+    # ----------------------------------------------------------------- search
+
+    @property
+    def searcher(self) -> Searcher:
+        if self._searcher is None:
+            with self._lock:
+                if self._searcher is None:
+                    self._searcher = Searcher(
+                        self.store,
+                        Path(self.settings.cache_dir) / "segments",
+                        self.settings.cache_size,
+                        self.settings.refresh_interval,
+                        self.settings.query_threads,
+                        self.settings.download_threads,
+                    )
+        return self._searcher
+
+    def parse_query(self, payload: Mapping[str, Any]) -> SearchQuery:
+        """Validate a search request; raises `BrainyError` naming the bad field."""
+        if not isinstance(payload, Mapping):
+            raise InvalidInput("body", "expected a JSON object")
+        unknown = sorted(set(payload) - _QUERY_FIELDS)
+        if unknown:
+            raise InvalidInput(unknown[0], f"unknown field (expected {sorted(_QUERY_FIELDS)})")
+        schema = self.require_schema(payload.get("collection"))
+        k = payload.get("k", 10)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.settings.max_k:
+            raise InvalidInput("k", f"expected an integer in [1, {self.settings.max_k}], got {k!r}")
+        has_vector = payload.get("vector") is not None
+        has_text = payload.get("text") is not None
+        if has_vector == has_text:
+            raise InvalidInput("vector", "give exactly one of vector or text")
+        if has_vector:
+            vector = check_vector(payload["vector"], "vector", schema)
+        else:
+            vector = embed_text(schema, payload["text"], "text")
+        filters = payload.get("filter") or {}
+        if not isinstance(filters, Mapping):
+            raise InvalidInput("filter", "expected an object of field: value")
+        for field, value in filters.items():
+            if isinstance(value, (dict, list)):
+                raise InvalidInput(f"filter.{field}", "expected a string, number, boolean or null")
+        min_version = payload.get("min_version")
+        if min_version is not None and (
+            isinstance(min_version, bool) or not isinstance(min_version, int) or min_version < 0
+        ):
+            raise InvalidInput(
+                "min_version", f"expected a non-negative integer, got {min_version!r}"
+            )
+        return SearchQuery(schema, vector, k, dict(filters), min_version)
+
+    def search(self, payload: Mapping[str, Any]) -> SearchResult:
+        if not self.settings.can_search:
+            raise Forbidden("mode", "this instance is write-only: search is refused")
+        started = time.perf_counter()
+        query = self.parse_query(payload)
+        result = self.searcher.search(
+            query.schema,
+            query.vector,
+            query.k,
+            query.filters,
+            query.min_version,
+            self.settings.min_version_timeout,
+        )
+        self.metrics.search_seconds.observe(time.perf_counter() - started)
+        self.metrics.vectors_served.inc(len(result.hits))
+        return result
+
+    def _cache_hit_ratio(self) -> float:
+        if self._searcher is None:
+            return 0.0
+        cache = self._searcher.cache
+        total = cache.hits + cache.misses
+        return cache.hits / total if total else 0.0
+
+    # ------------------------------------------------------------ maintenance
+
+    def maintain(self, collection: str | None = None, *, force: bool = False) -> list[dict]:
+        """Sweep, compact, collect garbage and verify one collection, or all of them."""
+        from brainy.service.maintenance import maintain
+
+        if self.settings.read_only:
+            raise Forbidden("mode", "a read-only instance cannot compact")
+        names = [collection] if collection else sorted(self.collections())
+        return [maintain(self, name, force=force) for name in names]
+
+    # ----------------------------------------------------------------- status
+
+    def status(self, name: str) -> dict[str, Any]:
+        schema = self.require_schema(name)
+        manifest: Manifest | None = self.manifests(name).latest()
+        stats = manifest.stats() if manifest else {"version": 0, "segments": 0, "live": 0,
+                                                   "masked": 0, "rows": 0, "bytes": 0}  # fmt: skip
+        return {"collection": name, "schema": schema.to_dict(), **stats}
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Liveness and readiness: storage reachable, config loaded, manifests readable."""
+        checks: dict[str, Any] = {}
+        try:
+            self.store.exists(CONFIG_KEY)
+            checks["storage"] = {"ok": True, "url": self.store.url}
+        except StorageError as e:
+            checks["storage"] = {"ok": False, "error": str(e)}
+        try:
+            collections = self.collections()
+            checks["config"] = {"ok": True, "collections": sorted(collections)}
+        except (ConfigError, StorageError) as e:
+            collections = {}
+            checks["config"] = {"ok": False, "error": str(e)}
+        manifests: dict[str, Any] = {}
+        for name in sorted(collections):
+            try:
+                m = self.manifests(name).latest()
+                manifests[name] = {"ok": True, "version": m.version if m else 0}
+            except (StorageError, ValueError) as e:
+                manifests[name] = {"ok": False, "error": str(e)}
+        checks["manifests"] = {"ok": all(v["ok"] for v in manifests.values()), **manifests}
+        ok = all(c["ok"] for c in checks.values())
+        return ok, {
+            "status": "ok" if ok else "degraded",
+            "instance_id": self.settings.instance_id,
+            "role": self.settings.role,
+            "mode": self.settings.mode,
+            "uptime_s": round(time.time() - self.started, 3),
+            "checks": checks,
+        }
+
+    def close(self) -> None:
+        if self._searcher is not None:
+            self._searcher.close()
+        self.store.close()
