@@ -13,6 +13,7 @@ import numpy as np
 from brainy.core.config import CollectionSchema
 from brainy.service.app import Brainy
 from brainy.storage import open_store
+from brainy.table.lww import Copy, winner
 
 
 def make_app(url: str, tmp_path: Path, role: str = "cli", **env: str) -> Brainy:
@@ -38,6 +39,7 @@ def live_state(url: str, collection: str) -> dict[str, tuple[tuple[float, ...], 
     """id → (vector, metadata) of every live row of the newest manifest, read back
     from the segments themselves; fails if an id is live twice."""
     from brainy.format.segment import load_segment
+    from brainy.table.deletions import Masks
     from brainy.table.manifest import Manifests
 
     store = open_store(url, read_only=True)
@@ -47,9 +49,10 @@ def live_state(url: str, collection: str) -> dict[str, tuple[tuple[float, ...], 
     out: dict[str, tuple[tuple[float, ...], Any]] = {}
     seen: Counter[str] = Counter()
     cache = Path(tempfile.mkdtemp(prefix="brainy-live-"))
+    masks = Masks(store)
     for ref in manifest.segments:
         seg = load_segment(store, ref.key, ref.id, cache)
-        masked = set(ref.deleted)
+        masked = set(masks.rows(ref).tolist())
         for row, rid in enumerate(seg.header.ids):
             if row in masked:
                 continue
@@ -62,7 +65,8 @@ def live_state(url: str, collection: str) -> dict[str, tuple[tuple[float, ...], 
 
 
 class LWWModel:
-    """The reference: each id keeps the record with the greatest (timestamp, writer)."""
+    """The reference: each id keeps the record with the greatest (timestamp, writer),
+    the engine's own rule (`brainy.table.lww.winner`) over every record ever written."""
 
     def __init__(self) -> None:
         self.best: dict[str, tuple[tuple[int, str], str, Any, Any]] = {}
@@ -77,7 +81,9 @@ class LWWModel:
                 record = (order, "u", vec, batch.metadata[i])
             else:
                 record = (order, "d", None, None)
-            if rid not in self.best or self.best[rid][0] < order:
+            current = self.best.get(rid)
+            candidates = [Copy(order, "new", 0)] + ([Copy(current[0], "old", 0)] if current else [])
+            if winner(candidates).segment == "new":
                 self.best[rid] = record
 
     def live(self) -> dict[str, tuple[tuple[float, ...], Any]]:

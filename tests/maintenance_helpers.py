@@ -13,6 +13,7 @@ from brainy.core.config import CollectionSchema
 from brainy.read.search import SegmentCache, search_segment
 from brainy.service.app import Brainy
 from brainy.storage import ObjectStore
+from brainy.table.deletions import Masks
 from brainy.table.manifest import Manifest
 from helpers import random_vectors
 
@@ -53,12 +54,13 @@ def search_version(
     """What a reader holding `manifest` answers: the search path's own segment cache
     (download, checksum, map) and per-segment search, on a cold cache."""
     cache = SegmentCache(store, Path(tempfile.mkdtemp(prefix="brainy-reader-")), 10**9, 2)
+    masks = Masks(store)
     try:
         refs = [ref for ref in manifest.segments if ref.live > 0]
         hits = [
             hit
             for seg, ref in zip(cache.get_many(refs), refs, strict=True)
-            for hit in search_segment(seg, ref, schema, query, k, None)
+            for hit in search_segment(seg, masks.blocked(ref), schema, query, k, None)
         ]
     finally:
         cache.close()

@@ -49,10 +49,11 @@ def _assert_contiguous_history(url: str, all_keys: list[str]) -> None:
     previous: set[str] = set()
     for version in range(1, n + 1):
         manifest = manifests.load(version)
-        applied = set(manifest.applied)
+        sources = [ref.source for ref in manifest.segments]
+        applied = set(sources)
         # Each version adds exactly one batch to its parent: nothing lost, nothing twice.
         assert previous < applied and len(applied - previous) == 1, f"version {version}"
-        assert len(manifest.applied) == len(applied)
+        assert len(sources) == len(applied)
         previous = applied
     with pytest.raises(NotFound):
         manifests.load(n + 1)

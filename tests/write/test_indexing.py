@@ -56,13 +56,15 @@ def test_out_of_order_and_duplicated_delivery_converges_to_last_writer_wins(tmp_
         indexer = make_app(url, tmp_path, role="indexer")
         order = keys[:]
         random.Random(trial).shuffle(order)
-        order += random.Random(100 + trial).sample(keys, 6)  # redeliveries
         for key in order:
+            # A batch whose every record something newer already beat commits nothing.
             assert indexer.index_key(key).status in ("applied", "already-applied")
+        version = Manifests(dst, "docs").latest().version
+        assert 0 < version <= len(keys)
+        for key in random.Random(100 + trial).sample(keys, 6):  # redeliveries
+            assert indexer.index_key(key).status == "already-applied"
         assert live_state(url, "docs") == expected, f"order {trial} diverged"
-        manifest = Manifests(dst, "docs").latest()
-        assert manifest.version == len(keys)  # redeliveries committed nothing
-        assert sorted(manifest.applied) == sorted(keys)
+        assert Manifests(dst, "docs").latest().version == version  # nothing committed
 
 
 def test_delete_then_late_older_upsert_stays_deleted(tmp_path: Path):

@@ -602,7 +602,7 @@ def _run_status(args: argparse.Namespace, session: Session) -> int:
     schema = session.app.require_schema(args.collection)
     _out(f"collection        {args.collection}")
     _out(f"schema            {_describe(schema)}")
-    for key in ("version", "segments", "live", "masked", "rows", "tombstones", "batches_applied"):
+    for key in ("version", "segments", "live", "masked", "rows", "tombstones"):
         if key in status:
             _out(f"{key.replace('_', ' '):<17} {status[key]:,}")
     _out(f"bytes             {status['bytes']:,} ({_size(status['bytes'])})")
@@ -661,13 +661,14 @@ def _run_sweep(args: argparse.Namespace, session: Session) -> int:
 
     app = session.app
     app.require_schema(args.collection)
-    report = sweep(app, args.collection)
+    report = sweep(app.maintenance, args.collection)
     _dump(report.to_dict())
     return 0 if not report.failed else 1
 
 
 def _run_verify(args: argparse.Namespace, session: Session) -> int:
-    from brainy.maintenance.verify import repair, verify
+    from brainy.maintenance.repair import repair
+    from brainy.maintenance.verify import verify
 
     app = session.app
     app.require_schema(args.collection)
@@ -675,7 +676,7 @@ def _run_verify(args: argparse.Namespace, session: Session) -> int:
     report = verify(app.store, args.collection, deep=deep)
     out: dict[str, Any] = {"verify": report.to_dict()}
     if args.repair and not report.ok:
-        out["repair"] = repair(app, args.collection, report).to_dict()
+        out["repair"] = repair(app.maintenance, args.collection, report).to_dict()
         report = verify(app.store, args.collection, deep=deep)
         out["after_repair"] = report.to_dict()
     _dump(out)

@@ -4,11 +4,18 @@ One object per segment, `<collection>/segments/<segment-id>/segment.bin`:
 
     MAGIC(8) | xxh3-128 digest of the rest(16) | header length(8) | header JSON | Annoy file
 
-The header holds the row ids, timestamps, writers and metadata; the Annoy file
-holds the vectors (Annoy keeps every item's float32 vector in its node array,
-so the segment does not store them twice: `vectors` reads them back out of the
-memory-mapped index). The segment id is the digest, so a segment's key names its
-content and a re-uploaded copy is the same object.
+The header holds the row ids, timestamps, writers and metadata, and the segment's
+tombstones (deletes: id, timestamp, writer; no vector); the Annoy file holds the
+vectors (Annoy keeps every item's float32 vector in its node array, so the
+segment does not store them twice: `vectors` reads them back out of the
+memory-mapped index). A segment of deletes only has no Annoy file. The segment
+id is the digest; every build carries a nonce, so two builds of the same rows
+are two segments (see `upload_segment`).
+
+Tombstones live in segments rather than in the manifest, so the manifest grows
+with segments only: a tombstone is written once with the batch that deleted the
+id, merged by compaction like any row, and dropped by compaction once no older
+copy of its id can still arrive (the manifest's `floor`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -44,19 +51,37 @@ class CorruptSegment(ValueError):
     """A segment object fails its checksum or cannot be decoded."""
 
 
-def segment_key(collection: str, segment_id: str) -> str:
-    return f"{collection}/segments/{segment_id}/segment.bin"
+def segment_key(collection: str, segment_id: str, copy: str | None = None) -> str:
+    name = f"segment-{copy}.bin" if copy else "segment.bin"
+    return f"{collection}/segments/{segment_id}/{name}"
+
+
+def _no_timestamps() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Tombstones:
+    """Deletes a segment records: the id, and the (timestamp, writer) of the delete."""
+
+    ids: Sequence[str] = ()
+    timestamps: np.ndarray = field(default_factory=_no_timestamps)
+    writers: Sequence[str] = ()
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass(frozen=True)
 class SegmentRows:
-    """The rows a segment is built from."""
+    """The rows a segment is built from, and its tombstones."""
 
     ids: Sequence[str]
     timestamps: np.ndarray
     writers: Sequence[str]
     metadata: Sequence[dict | None]
     vectors: np.ndarray
+    tombstones: Tombstones = field(default_factory=Tombstones)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -67,44 +92,41 @@ class BuiltSegment:
     id: str
     path: Path
     size: int
-    count: int
-    min_ts: int
+    count: int  # rows with a vector
+    min_ts: int  # over rows and tombstones
     max_ts: int
+    tombstones: int = 0
 
 
 def build_segment(
     rows: SegmentRows, *, metric: str, n_trees: int, seed: int, workdir: Path
 ) -> BuiltSegment:
-    """Build a segment file in `workdir` (rows must be non-empty)."""
-    n, dim = rows.vectors.shape
-    if n == 0 or n != len(rows.ids):
-        raise ValueError(f"build_segment: {n} vectors for {len(rows.ids)} ids")
+    """Build a segment file in `workdir` (rows or tombstones must be non-empty)."""
+    n = len(rows.ids)
+    dim = int(rows.vectors.shape[1]) if rows.vectors.ndim == 2 else 0
+    if n != rows.vectors.shape[0] or (n == 0 and not len(rows.tombstones)):
+        raise ValueError(f"build_segment: {rows.vectors.shape[0]} vectors for {n} ids")
     workdir.mkdir(parents=True, exist_ok=True)
-    index = AnnoyIndex(dim, metric)
-    index.set_seed(seed)
-    vectors = np.ascontiguousarray(rows.vectors, dtype=np.float32)
-    for i in range(n):
-        index.add_item(i, vectors[i])
-    # Few trees for a tiny segment: it is searched exactly anyway.
-    index.build(n_trees if n > 64 else 1, n_jobs=1)
-    fd, ann_name = tempfile.mkstemp(suffix=".ann", dir=workdir)
-    os.close(fd)
-    ann_path = Path(ann_name)
-    index.save(str(ann_path))
-    index.unload()
+    ann_path = _build_annoy(rows.vectors, metric, n_trees, seed, workdir) if n else None
+    dead = rows.tombstones
     header = json.dumps(
         {
-            "format": 1,
+            "format": 2,
             # Unique per build: see upload_segment.
             "nonce": uuid.uuid4().hex,
             "dimension": dim,
             "metric": metric,
             "count": n,
-            "annoy_bytes": ann_path.stat().st_size,
+            "annoy_bytes": ann_path.stat().st_size if ann_path else 0,
             "ids": list(rows.ids),
-            "timestamps": [int(t) for t in rows.timestamps],
+            "timestamps": rows.timestamps.astype(np.int64).tolist(),
             "writers": list(rows.writers),
             "metadata": list(rows.metadata),
+            "tombstones": {
+                "ids": list(dead.ids),
+                "timestamps": np.asarray(dead.timestamps, dtype=np.int64).tolist(),
+                "writers": list(dead.writers),
+            },
         },
         separators=(",", ":"),
     ).encode()
@@ -116,14 +138,15 @@ def build_segment(
         head = struct.pack("<Q", len(header)) + header
         out.write(head)
         hasher.update(head)
-        with open(ann_path, "rb") as src:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
-                hasher.update(chunk)
+        if ann_path is not None:
+            with open(ann_path, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+                    hasher.update(chunk)
+            ann_path.unlink()
         out.seek(len(MAGIC))
         out.write(hasher.digest())
-    ann_path.unlink()
-    ts = rows.timestamps
+    ts = np.concatenate([rows.timestamps, np.asarray(dead.timestamps, dtype=np.int64)])
     return BuiltSegment(
         id=hasher.hexdigest(),
         path=seg_path,
@@ -131,18 +154,40 @@ def build_segment(
         count=n,
         min_ts=int(ts.min()),
         max_ts=int(ts.max()),
+        tombstones=len(dead),
     )
 
 
-def upload_segment(store: ObjectStore, collection: str, built: BuiltSegment) -> str:
-    """Upload in full before anything references it.
+def _build_annoy(vectors: np.ndarray, metric: str, n_trees: int, seed: int, workdir: Path) -> Path:
+    n, dim = vectors.shape
+    index = AnnoyIndex(dim, metric)
+    index.set_seed(seed)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    for i in range(n):
+        index.add_item(i, vectors[i])
+    # Few trees for a tiny segment: it is searched exactly anyway.
+    index.build(n_trees if n > 64 else 1, n_jobs=1)
+    fd, ann_name = tempfile.mkstemp(suffix=".ann", dir=workdir)
+    os.close(fd)
+    ann_path = Path(ann_name)
+    index.save(str(ann_path))
+    index.unload()
+    return ann_path
+
+
+def upload_segment(
+    store: ObjectStore, collection: str, built: BuiltSegment, copy: str | None = None
+) -> str:
+    """Upload in full before anything references it; returns the key.
 
     Every build carries a nonce, so its key is new: an orphan left by a crashed
     attempt is never referenced again, and garbage collection may delete it once
-    it is past the grace period. A put-if-absent that finds the key taken can only
-    be this upload's own retry whose first response was lost.
+    it is older than the manifest's GC fence. A put-if-absent that finds the key
+    taken can only be this upload's own retry whose first response was lost.
+    `copy` names a fresh copy under another key: a commit whose upload has fallen
+    behind the GC fence re-uploads it there (see `table.manifest`).
     """
-    key = segment_key(collection, built.id)
+    key = segment_key(collection, built.id, copy)
     with contextlib.suppress(PreconditionFailed):
         store.upload(key, built.path, if_absent=True)
     return key
@@ -159,10 +204,12 @@ class SegmentHeader:
     timestamps: np.ndarray
     writers: list[str]
     metadata: list[Any]
+    tombstones: Tombstones = field(default_factory=Tombstones)
 
     @classmethod
     def from_json(cls, raw: bytes) -> SegmentHeader:
         h = json.loads(raw)
+        dead = h.get("tombstones") or {}
         return cls(
             dimension=h["dimension"],
             metric=h["metric"],
@@ -171,6 +218,11 @@ class SegmentHeader:
             timestamps=np.asarray(h["timestamps"], dtype=np.int64),
             writers=h["writers"],
             metadata=h["metadata"],
+            tombstones=Tombstones(
+                ids=dead.get("ids", []),
+                timestamps=np.asarray(dead.get("timestamps", []), dtype=np.int64),
+                writers=dead.get("writers", []),
+            ),
         )
 
 
@@ -199,8 +251,11 @@ class LoadedSegment:
         self.ann_path = ann_path
         # Bytes on local disk: the index and the header beside it.
         self.size = ann_path.stat().st_size + ann_path.with_suffix(".json").stat().st_size
-        self.index = AnnoyIndex(header.dimension, header.metric)
-        self.index.load(str(ann_path))
+        # A segment of tombstones only has no index.
+        self.index: AnnoyIndex | None = None
+        if header.count:
+            self.index = AnnoyIndex(header.dimension, header.metric)
+            self.index.load(str(ann_path))
         self._lock = threading.Lock()
 
     @property
@@ -212,6 +267,8 @@ class LoadedSegment:
         """The rows' vectors, read straight out of the mapped Annoy node array."""
         offset, extra = _ANNOY_LAYOUT[self.header.metric]
         dim = self.header.dimension
+        if not self.count:
+            return np.zeros((0, dim), dtype=np.float32)
         raw = np.memmap(self.ann_path, dtype=np.uint8, mode="r")
         return np.ndarray(
             (self.count, dim), dtype="<f4", buffer=raw, offset=offset, strides=(extra + 4 * dim, 4)

@@ -1,59 +1,61 @@
-"""Garbage collection: manifest versions, segments and batches no retained version needs.
+"""Garbage collection: manifest versions, segments, side objects and batches no
+retained version needs.
 
-The rules, for one collection at instant `now`:
+The rules, for one collection at instant `now` (read before anything else):
 
 **Retained versions.** Walking down from the newest version, every version is
-retained until, and including, the first one created before `now - retention`:
-that one was current at the start of the window, so a reader (or a time-travel
-query) at any instant inside the window sees a retained version. The newest
-version is therefore always retained. Older versions are deleted, oldest first;
-`_latest` is never deleted, and is first pointed at the newest version if it
-names one about to go (a reader or a committer probing forward from a deleted
-version would find nothing).
+retained until, and including, the first one created before `now - retention`
+(and before `now - gc_grace`): that one was current at the start of the window,
+so a reader (or a time-travel query) at any instant inside the window sees a
+retained version. The newest version is therefore always retained. Older
+versions are deleted, oldest first; `_latest` is never deleted, and is first
+pointed at the newest version if it names one about to go (a reader or a
+committer probing forward from a deleted version would find nothing). A version
+goes only once its successor is older than `gc_grace`, which is what lets a
+committer know its put cannot land in a slot a deleted version left
+(`table.manifest`).
 
-**Segments.** An object under `<collection>/segments/<id>/` is kept while any
-retained version references segment `<id>`. An unreferenced one is deleted once
-its modification time is older than `gc_grace`: a younger one may be uploaded
-for a commit still in flight. The delete is conditional on the object being the
-one listed (same ETag and modification time): re-uploading a segment refreshes
-it, so one that is about to be referenced again is left alone.
+**Segments and side objects** (`segments/`, `deletes/`, `meta/`). An object is
+kept while any retained version references it (a segment's key, its deletion
+file, its lineage). An unreferenced one is deleted once its modification time is
+older than `gc_grace`: a younger one may be uploaded for a commit still in
+flight, and a commit never references an upload older than half the grace (it
+uploads again instead), so nothing this run deletes can be referenced by a
+commit it did not see. The delete is conditional on the object being the one
+listed (same ETag and modification time).
 
 **Batches.** A batch object in `<collection>/wal/` is deleted when all hold:
 
-1. every retained version has applied it (so no reader's version, and no sweep,
-   can still need it; a batch no retained version has applied is never deleted);
+1. it was written before the newest version's `swept` instant: a sweep found it
+   and it is applied (so no sweep needs it again, and a redelivered event finds
+   it missing, which is a no-op);
 2. it was written more than `batch_retention` ago;
-3. no retained version has a level-0 segment built from it (`SegmentRef.sources`):
+3. no retained version has a level-0 segment built from it (`SegmentRef.source`):
    repair rebuilds a level-0 segment from its batch. Batches behind compacted
-   (level > 0) segments are not held: those are rebuilt from their input segments
-   while they are retained, and after that the store's durability is relied on.
-
-The keys of the batches deleted are then dropped from `applied` by a manifest
-commit, so the manifest does not grow with every batch ever written. The object
-goes before the key does: a redelivered event for it then finds no object
-("missing") instead of applying it again. A key is dropped only once its object
-is known gone: deleted by this run, or applied by the oldest retained version
-(read before the listing), absent from the listing and absent to a HEAD — the
-last catches keys left behind by a collector that died before its commit.
+   segments are not held: those are rebuilt from their input segments while
+   they are retained, and after that the store's durability is relied on.
 
 Quarantined objects, `_brainy/` and anything else outside `manifests/`,
-`segments/` and `wal/` are never touched. A dry run computes the same lists and
-deletes and commits nothing.
+`segments/`, `deletes/`, `meta/` and `wal/` are never touched. Nothing is
+committed. A dry run computes the same lists and deletes nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from brainy.core.config import Settings, validate_name
 from brainy.format.batch import WAL, collection_of_batch
 from brainy.storage import NotFound, ObjectInfo, ObjectStore, PreconditionFailed, StorageError
-from brainy.table.manifest import CommitFailed, Manifest, Manifests
+from brainy.table.manifest import Manifest, Manifests
 
 log = logging.getLogger(__name__)
+
+
+SIDE_PREFIXES = ("segments", "deletes", "meta")
 
 
 @dataclass
@@ -62,19 +64,18 @@ class GCReport:
 
     Attributes:
         collection: the collection collected.
-        dry_run: nothing was deleted or committed.
+        dry_run: nothing was deleted.
         now: the instant the ages were measured from.
         newest: the newest version at the start (None: never committed).
         retained: the version numbers retained, ascending.
         versions: manifest version keys deleted, oldest first.
         segments: segment object keys deleted.
+        side: deletion files and other side objects deleted.
         batches: batch object keys deleted.
         skipped: keys that changed between the listing and their delete, left for
             the next run.
-        segments_kept: segment objects kept (referenced or young).
+        segments_kept: segment and side objects kept (referenced or young).
         batches_kept: batch objects kept.
-        applied_dropped: keys dropped from `applied` by the commit below.
-        committed: the version that dropped them (None: no commit).
     """
 
     collection: str
@@ -84,17 +85,16 @@ class GCReport:
     retained: list[int] = field(default_factory=list)
     versions: list[str] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)
+    side: list[str] = field(default_factory=list)
     batches: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     segments_kept: int = 0
     batches_kept: int = 0
-    applied_dropped: int = 0
-    committed: int | None = None
 
     @property
     def deleted(self) -> list[str]:
-        """Every key deleted (or, dry, to delete): versions, segments, batches."""
-        return [*self.versions, *self.segments, *self.batches]
+        """Every key deleted (or, dry, to delete)."""
+        return [*self.versions, *self.segments, *self.side, *self.batches]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +116,15 @@ def retained_versions(manifests: Manifests, versions: list[int], cutoff: float) 
     return retained
 
 
+def referenced_keys(manifest: Manifest) -> set[str]:
+    """Every object key `manifest` references: segments, deletion files, lineages."""
+    keys: set[str] = set()
+    for ref in manifest.segments:
+        keys.add(ref.key)
+        keys.update(k for k in (ref.deletes, ref.lineage) if k)
+    return keys
+
+
 def collect_garbage(
     store: ObjectStore,
     collection: str,
@@ -129,10 +138,10 @@ def collect_garbage(
     Args:
         store: the bucket.
         collection: the collection to collect.
-        settings: `retention`, `gc_grace`, `batch_retention` and the instance id.
+        settings: `retention`, `gc_grace` and `batch_retention`.
         now: the instant ages are measured from (defaults to the clock; tests pass
             a later one instead of waiting).
-        dry_run: list what would be deleted, delete and commit nothing.
+        dry_run: list what would be deleted, delete nothing.
 
     Returns:
         The keys deleted (or to delete) and the versions retained.
@@ -143,11 +152,12 @@ def collect_garbage(
     validate_name(collection)
     now = time.time() if now is None else now
     report = GCReport(collection, dry_run, now)
-    manifests = Manifests(store, collection)
-    # Versions are read before the objects are listed: a segment or batch that a
-    # later commit adds is young (grace) or unapplied in these versions, so kept.
+    manifests = Manifests(store, collection, gc_grace=settings.gc_grace)
+    # Versions are read before the objects are listed: an object that a later
+    # commit references is younger than the grace (see the module doc), so kept.
     versions = manifests.versions()
-    retained = retained_versions(manifests, versions, now - settings.retention)
+    cutoff = now - max(settings.retention, settings.gc_grace)
+    retained = retained_versions(manifests, versions, cutoff)
     if versions and not retained:
         # Without the newest version every segment would look unreferenced.
         raise StorageError(f"{collection}: version {versions[-1]} is listed but cannot be read")
@@ -156,41 +166,38 @@ def collect_garbage(
     oldest = report.retained[0] if retained else 0
     expired = [v for v in versions if v < oldest]
 
-    referenced = {ref.id for m in retained for ref in m.segments}
-    rebuild_sources = {
-        source for m in retained for ref in m.segments if ref.level == 0 for source in ref.sources
-    }
-    applied_everywhere = (
-        frozenset.intersection(*(m.applied_set for m in retained)) if retained else frozenset()
-    )
+    referenced = set().union(*(referenced_keys(m) for m in retained))
+    sources = {ref.source for m in retained for ref in m.segments if ref.source}
+    swept = retained[0].swept if retained else 0.0
 
-    doomed_segments: list[ObjectInfo] = []
-    segments_prefix = f"{collection}/segments/"
-    for info in store.list(segments_prefix):
-        segment_id = info.key[len(segments_prefix) :].split("/", 1)[0]
-        if segment_id in referenced or info.modified > now - settings.gc_grace:
-            report.segments_kept += 1
-        else:
-            doomed_segments.append(info)
+    doomed_side: list[ObjectInfo] = []
+    for prefix in SIDE_PREFIXES:
+        for info in store.list(f"{collection}/{prefix}/"):
+            if info.key in referenced or info.modified > now - settings.gc_grace:
+                report.segments_kept += 1
+            else:
+                doomed_side.append(info)
 
     doomed_batches: list[ObjectInfo] = []
-    listed: set[str] = set()
     for info in store.list(f"{collection}/{WAL}/"):
         if collection_of_batch(info.key) != collection:
             continue
-        listed.add(info.key)
         if (
-            info.key in applied_everywhere
-            and info.key not in rebuild_sources
+            info.modified < swept
             and info.modified <= now - settings.batch_retention
+            and info.key not in sources
         ):
             doomed_batches.append(info)
         else:
             report.batches_kept += 1
 
+    segments_prefix = f"{collection}/segments/"
     if dry_run:
         report.versions = [manifests.key(v) for v in expired]
-        report.segments = [info.key for info in doomed_segments]
+        for info in doomed_side:
+            (report.segments if info.key.startswith(segments_prefix) else report.side).append(
+                info.key
+            )
         report.batches = [info.key for info in doomed_batches]
         return report
 
@@ -198,23 +205,22 @@ def collect_garbage(
         for version in expired:
             store.delete(manifests.key(version))
             report.versions.append(manifests.key(version))
-    for info in doomed_segments:
-        (report.segments if _delete_unchanged(store, info) else report.skipped).append(info.key)
+    for info in doomed_side:
+        if not _delete_unchanged(store, info):
+            report.skipped.append(info.key)
+        elif info.key.startswith(segments_prefix):
+            report.segments.append(info.key)
+        else:
+            report.side.append(info.key)
     for info in doomed_batches:
         (report.batches if _delete_unchanged(store, info) else report.skipped).append(info.key)
-    if retained:
-        # Also keys whose batch went without the commit that should have followed
-        # (a collector that died in between): applied before the listing, not in it.
-        vanished = (retained[0].applied_set & retained[-1].applied_set) - listed
-        gone = set(report.batches) | {key for key in vanished if not store.exists(key)}
-        if gone:
-            _drop_applied(manifests, retained[0], gone, settings, report)
     if report.deleted:
         log.info(
-            "gc %s: deleted %d versions, %d segments, %d batches (retained %s)",
+            "gc %s: deleted %d versions, %d segments, %d side objects, %d batches (retained %s)",
             collection,
             len(report.versions),
             len(report.segments),
+            len(report.side),
             len(report.batches),
             report.retained,
         )
@@ -254,30 +260,3 @@ def _delete_unchanged(store: ObjectStore, info: ObjectInfo) -> bool:
     except PreconditionFailed:
         return False
     return True
-
-
-def _drop_applied(
-    manifests: Manifests,
-    newest: Manifest,
-    gone: set[str],
-    settings: Settings,
-    report: GCReport,
-) -> None:
-    """Commit the newest version without the `applied` keys of deleted batches."""
-
-    def update(parent: Manifest) -> Manifest | None:
-        kept = tuple(key for key in parent.applied if key not in gone)
-        report.applied_dropped = len(parent.applied) - len(kept)
-        return replace(parent, applied=kept) if report.applied_dropped else None
-
-    try:
-        manifest, committed = manifests.commit(
-            update, schema=newest.schema, committed_by=f"gc-{settings.instance_id}", base=newest
-        )
-    except CommitFailed as e:
-        # The keys only cost space; the next collection drops them.
-        log.warning("gc %s: could not drop applied keys: %s", manifests.collection, e)
-        report.applied_dropped = 0
-        return
-    if committed:
-        report.committed = manifest.version

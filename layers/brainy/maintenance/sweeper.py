@@ -2,9 +2,15 @@
 
 Notifications get lost (a platform outage, a misconfigured trigger, a crash
 between the put and the event). The sweeper lists `<collection>/wal/` and hands
-every batch the newest manifest has not applied to the same `Indexer.index` an
-event would have reached, so a lost notification delays a record but never
-drops it. Indexing is idempotent, so a sweep racing the real event is harmless.
+every batch that may not be applied to the same `Indexer.index` an event would
+have reached, so a lost notification delays a record but never drops it.
+Indexing is idempotent, so a sweep racing the real event is harmless.
+
+A batch is known applied, and skipped without being read, when it was written
+before the newest manifest's `swept` instant (a previous sweep's horizon,
+recorded by the compaction that followed it) or is the source of one of its
+level-0 segments. The rest — batches written since the last recorded sweep —
+are indexed; those already applied cost one read and commit nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ from brainy.storage import StorageError
 from brainy.table.manifest import CommitFailed
 
 if TYPE_CHECKING:
-    from brainy.service.app import Brainy
+    from brainy.maintenance.context import Maintenance
+
+# Stores whose clock is this machine's own: no skew to allow for.
+_LOCAL_CLOCK = ("memory", "file")
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +40,8 @@ class SweepReport:
     Attributes:
         collection: the collection swept.
         started: epoch seconds just before the listing began; every batch written
-            before this instant was listed.
+            before this instant (less the clock margin) was listed.
+        margin: the clock skew allowed between this machine and the store.
         older_than: batches younger than this many seconds were left to their events.
         seen: batch objects listed.
         already_applied: of those, applied by the newest manifest (or by the time
@@ -49,6 +59,7 @@ class SweepReport:
     collection: str
     started: float
     older_than: float = 0.0
+    margin: float = 0.0
     seen: int = 0
     already_applied: int = 0
     indexed: int = 0
@@ -64,17 +75,17 @@ class SweepReport:
         """Every batch written before this instant is applied, quarantined or gone;
         None when a batch could not be indexed. Compaction may drop a tombstone only
         once its delete is older than the horizon (no older copy can still arrive)."""
-        return None if self.failed else self.started - self.older_than
+        return None if self.failed else self.started - self.older_than - self.margin
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "horizon": self.horizon}
 
 
-def sweep(app: Brainy, collection: str, *, older_than: float = 0) -> SweepReport:
-    """Index every batch of `collection` that the newest manifest has not applied.
+def sweep(ctx: Maintenance, collection: str, *, older_than: float = 0) -> SweepReport:
+    """Index every batch of `collection` that may not be applied yet.
 
     Args:
-        app: the instance whose indexer (the same code events reach) applies batches.
+        ctx: the store, and the indexer (the same code events reach) to apply with.
         collection: the collection to sweep.
         older_than: leave batches younger than this many seconds (by the store's
             modification time) to the events that are probably on their way.
@@ -85,23 +96,25 @@ def sweep(app: Brainy, collection: str, *, older_than: float = 0) -> SweepReport
     Raises:
         StorageError: the listing or the manifest read failed.
     """
-    manifests = app.manifests(collection)
-    report = SweepReport(collection, started=time.time(), older_than=older_than)
+    manifests = ctx.manifests_of(collection)
+    margin = 0.0 if ctx.store.scheme in _LOCAL_CLOCK else manifests.clock_margin
+    report = SweepReport(collection, started=time.time(), older_than=older_than, margin=margin)
     manifest = manifests.latest()
-    applied = manifest.applied_set if manifest else frozenset()
+    swept = manifest.swept if manifest else 0.0
+    sources = {ref.source for ref in manifest.segments if ref.source} if manifest else set()
     cutoff = report.started - older_than
-    for info in app.store.list(f"{collection}/{WAL}/"):
+    for info in ctx.store.list(f"{collection}/{WAL}/"):
         if collection_of_batch(info.key) != collection:
             continue
         report.seen += 1
-        if info.key in applied:
+        if info.modified < swept or info.key in sources:
             report.already_applied += 1
             continue
         if older_than and info.modified > cutoff:
             report.deferred += 1
             continue
         try:
-            result = app.index_key(info.key)
+            result = ctx.index(info.key)
         except (StorageError, CommitFailed) as e:
             log.warning("sweep %s: could not index %s: %s", collection, info.key, e)
             report.failed.append(info.key)

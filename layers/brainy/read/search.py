@@ -20,6 +20,7 @@ from brainy.core.config import CollectionSchema
 from brainy.core.errors import VersionNotVisible
 from brainy.format.segment import LoadedSegment, load_segment
 from brainy.storage import ObjectStore
+from brainy.table.deletions import Masks
 from brainy.table.manifest import Manifest, Manifests, ManifestView, SegmentRef
 
 Scored = tuple[float, str, Any]  # (score, id, metadata)
@@ -162,26 +163,28 @@ class SegmentCache:
 
 def search_segment(
     seg: CachedSegment,
-    ref: SegmentRef,
+    blocked: np.ndarray | None,
     schema: CollectionSchema,
     query: np.ndarray,
     k: int,
     filters: Mapping[str, Any] | None,
 ) -> list[Scored]:
-    """The best `k` live rows of one segment matching `filters`."""
+    """The best `k` rows of one segment matching `filters`, skipping the rows
+    `blocked` (a boolean array over the segment's rows: masked) marks."""
     loaded = seg.loaded
     n = loaded.count
-    masked = np.asarray(ref.deleted, dtype=np.int64)
     allowed: np.ndarray | None = None
     if filters:
-        allowed = np.setdiff1d(seg.filters.matching(filters), masked, assume_unique=True)
+        allowed = seg.filters.matching(filters)
+        if blocked is not None:
+            allowed = allowed[~blocked[allowed]]
         if allowed.size == 0:
             return []
     if n <= schema.exact_threshold or (
         allowed is not None and allowed.size <= schema.exact_threshold
     ):
-        return _exact(loaded, schema.metric, query, k, masked, allowed)
-    return _approximate(loaded, schema, query, k, masked, allowed)
+        return _exact(loaded, schema.metric, query, k, blocked, allowed)
+    return _approximate(loaded, schema, query, k, blocked, allowed)
 
 
 def _hits(loaded: LoadedSegment, s: np.ndarray, rows: np.ndarray) -> list[Scored]:
@@ -201,14 +204,13 @@ def _exact(
     metric: str,
     query: np.ndarray,
     k: int,
-    masked: np.ndarray,
+    blocked: np.ndarray | None,
     allowed: np.ndarray | None,
 ) -> list[Scored]:
     if allowed is None:
         s = scores(metric, loaded.dense, query, loaded.norms if metric == "angular" else None)
-        if masked.size:
-            s = s.copy()
-            s[masked] = -np.inf
+        if blocked is not None:
+            s = np.where(blocked, -np.inf, s)
         rows = np.arange(loaded.count)
         s, rows = _top(s, rows, k)
         keep = np.isfinite(s)
@@ -225,22 +227,25 @@ def _approximate(
     schema: CollectionSchema,
     query: np.ndarray,
     k: int,
-    masked: np.ndarray,
+    blocked: np.ndarray | None,
     allowed: np.ndarray | None,
 ) -> list[Scored]:
     n = loaded.count
-    blocked = set(masked.tolist())
-    allowed_set = set(allowed.tolist()) if allowed is not None else None
-    fraction = (allowed.size / n) if allowed is not None else max(1 - len(blocked) / n, 1e-3)
+    assert loaded.index is not None
+    usable = np.ones(n, dtype=bool) if blocked is None else ~blocked
+    if allowed is not None:
+        only = np.zeros(n, dtype=bool)
+        only[allowed] = True
+        usable &= only
+    fraction = max(int(usable.sum()) / n, 1e-3)
     fetch = min(n, max(k * 2, int((k * 1.5) / fraction) + 1))
     qlist = query.tolist()
     while True:
         search_k = fetch * schema.search_k_factor
-        found = loaded.index.get_nns_by_vector(qlist, fetch, search_k=search_k)
-        rows = np.asarray(
-            [r for r in found if r not in blocked and (allowed_set is None or r in allowed_set)],
-            dtype=np.int64,
+        found = np.asarray(
+            loaded.index.get_nns_by_vector(qlist, fetch, search_k=search_k), dtype=np.int64
         )
+        rows = found[usable[found]]
         if rows.size >= k or fetch >= n:
             break
         fetch = min(n, fetch * 4)
@@ -266,6 +271,7 @@ class Searcher:
         self.store = store
         self.refresh_interval = refresh_interval
         self.cache = SegmentCache(store, cache_dir, cache_bytes, download_threads)
+        self.masks = Masks(store)
         self._views: dict[str, ManifestView] = {}
         self._views_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(query_threads, thread_name_prefix="brainy-query")
@@ -311,7 +317,9 @@ class Searcher:
         segments = self.cache.get_many(refs)
         query = np.asarray(query, dtype=np.float32)
         parts = self._pool.map(
-            lambda pair: search_segment(pair[0], pair[1], schema, query, k, filters),
+            lambda pair: search_segment(
+                pair[0], self.masks.blocked(pair[1]), schema, query, k, filters
+            ),
             zip(segments, refs, strict=True),
         )
         best = heapq.nsmallest(

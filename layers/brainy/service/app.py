@@ -26,7 +26,9 @@ from brainy.core.config import (
 )
 from brainy.core.errors import Forbidden, InvalidInput, UnknownCollection
 from brainy.format.batch import WriterClock
+from brainy.maintenance.context import Maintenance
 from brainy.read.search import Searcher, SearchResult
+from brainy.service.maintenance import maintain
 from brainy.service.metrics import Metrics
 from brainy.storage import ObjectStore, StorageError
 from brainy.table.manifest import Manifest, Manifests
@@ -131,7 +133,7 @@ class Brainy:
         return dict(self._collections)
 
     def manifests(self, name: str) -> Manifests:
-        return Manifests(self.store, name)
+        return Manifests(self.store, name, gc_grace=self.settings.gc_grace)
 
     # ----------------------------------------------------------------- ingest
 
@@ -158,8 +160,24 @@ class Brainy:
                 self.schema,
                 committed_by=self.writer_id,
                 workdir=Path(self.settings.cache_dir) / "build",
+                manifests_of=self.manifests,
             )
         return self._indexer
+
+    @property
+    def maintenance(self) -> Maintenance:
+        """What sweep, compaction, GC and repair work with on this instance."""
+        indexer = self.indexer
+        return Maintenance(
+            store=self.store,
+            settings=self.settings,
+            schema_of=self.schema,
+            index=indexer.index,
+            writer_id=self.writer_id,
+            manifests_of=self.manifests,
+            masks=indexer.masks,
+            headers=indexer.headers,
+        )
 
     def index_objects(self, objects: list[ObjectCreated]) -> list[IndexResult]:
         """Index every batch the events name; other objects are acknowledged."""
@@ -256,12 +274,10 @@ class Brainy:
 
     def maintain(self, collection: str | None = None, *, force: bool = False) -> list[dict]:
         """Sweep, compact, collect garbage and verify one collection, or all of them."""
-        from brainy.service.maintenance import maintain
-
         if self.settings.read_only:
             raise Forbidden("mode", "a read-only instance cannot compact")
         names = [collection] if collection else sorted(self.collections())
-        return [maintain(self, name, force=force) for name in names]
+        return [maintain(self.maintenance, name, force=force) for name in names]
 
     # ----------------------------------------------------------------- status
 

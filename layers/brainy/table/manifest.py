@@ -5,6 +5,36 @@ that single conditional put is the commit. A writer that loses the race reads th
 winner, re-applies its change to it (the change re-checks what it assumed) and
 tries again. `_latest` is a hint written after the commit; readers read it with a
 conditional GET and probe forward until a version is missing.
+
+A manifest's size grows with its number of segments only. What used to grow with
+history lives elsewhere:
+
+* masked rows: in each segment's immutable deletion file (`format.deletes`),
+  which the segment's ref points at;
+* tombstones: in the segments themselves, beside the rows (`format.segment`);
+* the set of applied batches: not kept at all. Applying a batch is idempotent by
+  last-writer-wins — every record carries a unique (timestamp, writer) order, so
+  a record already applied finds itself (or something newer) and changes nothing
+  — as long as the newest order of every id is remembered. Tombstones remember
+  it for deleted ids, and compaction drops a tombstone only once it is older
+  than the sweeper's horizon (every batch written before it was applied); the
+  manifest's `floor` records that bound, and records older than the floor are
+  known to be applied already (or superseded), so they are ignored.
+
+Two rules keep garbage collection and slow committers apart:
+
+* **No version number is used twice.** GC deletes a version only once its
+  successor is older than `gc_grace`, and a committer re-reads the newest version
+  (through `_latest`) before putting on a base it confirmed more than
+  `gc_grace / 2` ago. A put therefore lands only in a slot that never held a
+  version: the slot after the base was seen empty, and filling then emptying it
+  takes longer than the committer may wait.
+* **Nothing a commit references is collected under it.** GC deletes an
+  unreferenced object only if it is older than `gc_grace` by a clock read before
+  it reads the versions; a commit refuses (`StaleUpload`) to reference objects
+  uploaded more than `gc_grace / 2` ago, and its author uploads them again under
+  fresh keys. A commit that GC did not see therefore references only objects too
+  young for that GC to delete.
 """
 
 from __future__ import annotations
@@ -16,8 +46,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from functools import cached_property
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from brainy.storage import NotFound, NotModified, ObjectStore, PreconditionFailed, StorageError
@@ -27,16 +56,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
+DEFAULT_GC_GRACE = 3600.0
+DEFAULT_CLOCK_MARGIN = 30.0
 
 
 class CommitFailed(RuntimeError):
     """A commit could not land after every retry (sustained contention)."""
 
 
+class StaleUpload(RuntimeError):
+    """A commit would reference objects uploaded so long ago that garbage
+    collection may have deleted them as orphans. Upload them again and retry."""
+
+
 @dataclass(frozen=True)
 class SegmentRef:
-    """A live segment as the manifest records it."""
+    """A live segment as the manifest records it.
+
+    Attributes:
+        id: the segment's digest (its checksum).
+        key: where the segment object is.
+        count: rows with a vector; `masked` of them are masked by `deletes`.
+        tombstones: deletes the segment records (no vector).
+        deletes: the key of the segment's current deletion file (None: no row
+            masked).
+        source: for a level-0 segment, the batch it was built from (repair).
+        lineage: for a compacted segment, the key of the side object naming its
+            inputs (repair rebuilds it from them at `base_version`).
+    """
 
     id: str
     key: str
@@ -46,24 +94,21 @@ class SegmentRef:
     max_ts: int
     level: int = 0
     partition: int | None = None
-    deleted: tuple[int, ...] = ()  # masked row numbers, sorted
-    sources: tuple[str, ...] = ()  # the batch keys its rows came from
-    # For a compacted segment: the segments it merged and the manifest version whose
-    # masks it merged them at, so repair can rebuild it row for row.
-    inputs: tuple[str, ...] = ()
+    tombstones: int = 0
+    masked: int = 0
+    deletes: str | None = None
+    source: str | None = None
+    lineage: str | None = None
     base_version: int | None = None
 
     @property
     def live(self) -> int:
-        return self.count - len(self.deleted)
+        return self.count - self.masked
 
     @property
     def checksum(self) -> str:
-        # Segments are content-addressed: the id is the xxh3-128 of the object.
+        # The id is the xxh3-128 digest of the object (which holds a build nonce).
         return self.id
-
-    def with_deleted(self, rows: set[int] | list[int]) -> SegmentRef:
-        return replace(self, deleted=tuple(sorted(set(self.deleted) | set(rows))))
 
     @classmethod
     def uploaded(cls, built: BuiltSegment, key: str, **fields: Any) -> SegmentRef:
@@ -75,39 +120,48 @@ class SegmentRef:
             bytes=built.size,
             min_ts=built.min_ts,
             max_ts=built.max_ts,
+            tombstones=built.tombstones,
             **fields,
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        # Defaults are left out: this is most of the manifest's bytes.
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.default is MISSING or value != f.default:
+                out[f.name] = value
+        return out
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SegmentRef:
-        return cls(
-            **{
-                **d,
-                "deleted": tuple(d.get("deleted", ())),
-                "sources": tuple(d.get("sources", ())),
-                "inputs": tuple(d.get("inputs", ())),
-            }
-        )
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """One immutable version of a collection's state."""
+    """One immutable version of a collection's state.
+
+    Attributes:
+        floor: microseconds; records older than this are already applied or
+            superseded (their tombstones may have been dropped), see the module doc.
+        swept: epoch seconds; every batch object written before it is applied.
+        confirmed: when (by the reader's monotonic clock) this version was seen to
+            be the newest; not stored.
+    """
 
     collection: str
     version: int
     schema: dict[str, Any]
     segments: tuple[SegmentRef, ...] = ()
-    applied: tuple[str, ...] = ()  # batch keys already applied
-    tombstones: dict[str, tuple[int, str]] = field(default_factory=dict)
+    floor: int = 0
+    swept: float = 0.0
     created: float = 0.0
     committed_by: str = ""
     commit_id: str = ""
     lease_token: int | None = None
-
-    @cached_property
-    def applied_set(self) -> frozenset[str]:
-        return frozenset(self.applied)
+    confirmed: float = field(default=float("-inf"), compare=False)
 
     @property
     def live(self) -> int:
@@ -115,7 +169,7 @@ class Manifest:
 
     @property
     def masked(self) -> int:
-        return sum(len(s.deleted) for s in self.segments)
+        return sum(s.masked for s in self.segments)
 
     @property
     def bytes(self) -> int:
@@ -129,8 +183,7 @@ class Manifest:
             "masked": self.masked,
             "rows": sum(s.count for s in self.segments),
             "bytes": self.bytes,
-            "batches_applied": len(self.applied),
-            "tombstones": len(self.tombstones),
+            "tombstones": sum(s.tombstones for s in self.segments),
         }
 
     def to_json(self) -> bytes:
@@ -139,9 +192,9 @@ class Manifest:
             "collection": self.collection,
             "version": self.version,
             "schema": self.schema,
-            "segments": [asdict(s) for s in self.segments],
-            "applied": list(self.applied),
-            "tombstones": {k: list(v) for k, v in sorted(self.tombstones.items())},
+            "segments": [s.to_dict() for s in self.segments],
+            "floor": self.floor,
+            "swept": self.swept,
             "created": self.created,
             "committed_by": self.committed_by,
             "commit_id": self.commit_id,
@@ -153,13 +206,15 @@ class Manifest:
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         d = json.loads(data)
+        if d.get("format") != FORMAT:
+            raise ValueError(f"manifest format {d.get('format')!r}, this build reads {FORMAT}")
         return cls(
             collection=d["collection"],
             version=d["version"],
             schema=d["schema"],
             segments=tuple(SegmentRef.from_dict(s) for s in d["segments"]),
-            applied=tuple(d["applied"]),
-            tombstones={k: (int(v[0]), str(v[1])) for k, v in d["tombstones"].items()},
+            floor=int(d.get("floor", 0)),
+            swept=float(d.get("swept", 0.0)),
             created=d.get("created", 0.0),
             committed_by=d.get("committed_by", ""),
             commit_id=d.get("commit_id", ""),
@@ -173,13 +228,33 @@ def empty_manifest(collection: str, schema: dict[str, Any]) -> Manifest:
 
 
 class Manifests:
-    """Reads and commits the manifest versions of one collection."""
+    """Reads and commits the manifest versions of one collection.
 
-    def __init__(self, store: ObjectStore, collection: str) -> None:
+    Args:
+        store: the bucket.
+        collection: the collection.
+        gc_grace: garbage collection's grace period; a base confirmed newest, or
+            an upload begun, more than half of it ago is too old to commit on.
+        clock_margin: the clock skew allowed between instances (`max_clock_skew`).
+        clock: monotonic seconds (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        collection: str,
+        *,
+        gc_grace: float = DEFAULT_GC_GRACE,
+        clock_margin: float = DEFAULT_CLOCK_MARGIN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.collection = collection
         self.prefix = f"{collection}/manifests/"
         self.latest_key = f"{self.prefix}_latest"
+        self.confirm_window = gc_grace / 2
+        self.clock_margin = clock_margin
+        self.clock = clock
 
     def key(self, version: int) -> str:
         return f"{self.prefix}{version:020d}.json"
@@ -199,7 +274,7 @@ class Manifests:
 
     def probe_forward(self, base: Manifest | None, start: int = 0) -> Manifest | None:
         """The newest version at or after max(start, base.version), found by loading
-        the next version until one is missing."""
+        the next version until one is missing; never older than `base`."""
         current = base
         version = max(start, base.version if base else 0)
         if current is None or current.version < version:
@@ -218,7 +293,7 @@ class Manifests:
             try:
                 current = self.load(version + 1)
             except NotFound:
-                return current
+                return replace(current, confirmed=self.clock()) if current else None
             version += 1
 
     def read_hint(self, etag: str | None = None) -> tuple[int | None, str | None]:
@@ -246,6 +321,11 @@ class Manifests:
         except StorageError as e:  # only a hint: readers probe forward anyway
             log.warning("could not update %s to %d: %s", self.latest_key, version, e)
 
+    def stale(self, uploaded_at: float | None) -> bool:
+        """Whether objects whose upload began at `uploaded_at` (epoch seconds) are
+        too old to reference: a collector may take them for orphans."""
+        return uploaded_at is not None and time.time() - uploaded_at > self.confirm_window
+
     def commit(
         self,
         update: Callable[[Manifest], Manifest | None],
@@ -253,30 +333,44 @@ class Manifests:
         schema: dict[str, Any],
         committed_by: str,
         base: Manifest | None = None,
+        uploaded_at: float | None = None,
         max_attempts: int = 100,
     ) -> tuple[Manifest, bool]:
         """Commit `update(base)` as the next version, rebasing until it lands.
 
         `update` receives the newest version (version 0 and `schema` for a new
         collection) and returns the new state, or None when there is nothing to do
-        (for instance, the change is already in). It must be a pure function of its
-        argument: after a lost race it is called again on the winner.
+        (for instance, the change is already in). After a lost race it is called
+        again on the winner, so it must derive everything from its argument (side
+        objects it writes, such as deletion files, are written afresh).
+
+        Args:
+            uploaded_at: when the caller began uploading the objects its change
+                references (epoch seconds); see `StaleUpload`.
 
         Returns:
             (the manifest now current, whether this call committed it).
 
         Raises:
             CommitFailed: no attempt landed within `max_attempts`.
+            StaleUpload: the objects must be uploaded again (under new keys) first.
         """
         commit_id = uuid.uuid4().hex
-        # A caller's base was just read: commit on it, and let a lost put tell
-        # whether newer versions exist rather than probing for them first.
         current = self.latest() if base is None else base
         for attempt in range(max_attempts):
+            if current is not None and self.clock() - current.confirmed > self.confirm_window:
+                # Too long since this base was seen newest: versions after it may
+                # have come and gone (GC), and a put could land in an emptied slot.
+                current = self.latest(current)
             parent = current or empty_manifest(self.collection, schema)
             if parent.commit_id == commit_id:
                 # A put whose response was lost did land: it is our commit.
                 return parent, True
+            if self.stale(uploaded_at):
+                raise StaleUpload(
+                    f"{self.collection}: uploads begun at {uploaded_at:.3f} are older than "
+                    f"{self.confirm_window:g}s, half the GC grace period"
+                )
             new = update(parent)
             if new is None:
                 return parent, False
@@ -286,6 +380,8 @@ class Manifests:
                 created=time.time(),
                 committed_by=committed_by,
                 commit_id=commit_id,
+                floor=max(new.floor, parent.floor),
+                swept=max(new.swept, parent.swept),
             )
             try:
                 self.store.put(self.key(new.version), new.to_json(), if_absent=True)
@@ -294,7 +390,7 @@ class Manifests:
                 current = self.probe_forward(parent)
                 continue
             self.write_hint(new.version)
-            return new, True
+            return replace(new, confirmed=self.clock()), True
         raise CommitFailed(
             f"{self.collection}: could not commit after {max_attempts} attempts (contention)"
         )
@@ -303,20 +399,30 @@ class Manifests:
 class ManifestView:
     """A reader's cached view of the newest version, refreshed at most once per
     `refresh_interval` by a conditional GET of `_latest` (one request, answered
-    not-modified while nothing changed)."""
+    not-modified while nothing changed).
+
+    The hint is only a hint: a writer may die between its commit and the hint, or
+    fail to write it. So every `probe_every`-th refresh answered not-modified also
+    looks for the version after the current one (one more GET), which bounds how
+    stale a reader can be to `probe_every` refresh intervals whatever happens to
+    the hint. The view never goes back to an older version.
+    """
 
     def __init__(
         self,
         manifests: Manifests,
         refresh_interval: float,
         clock: Callable[[], float] = time.monotonic,
+        probe_every: int = 3,
     ) -> None:
         self.manifests = manifests
         self.refresh_interval = refresh_interval
         self.clock = clock
+        self.probe_every = probe_every
         self._current: Manifest | None = None
         self._etag: str | None = None
         self._checked = float("-inf")
+        self._unchanged = 0
         self._lock = threading.Lock()
 
     def _fresh(self) -> bool:
@@ -341,25 +447,34 @@ class ManifestView:
             try:
                 hint, etag = self.manifests.read_hint(self._etag)
             except NotModified:
+                self._unchanged += 1
+                if self._unchanged >= self.probe_every and self._current is not None:
+                    self._unchanged = 0
+                    self._keep_newest(self.manifests.probe_forward(self._current))
                 self._checked = now
                 return self._current
+            self._unchanged = 0
             if hint is None and self._current is None:
                 current = self.manifests.latest()
             else:
                 current = self.manifests.probe_forward(self._current, hint or 0)
             # Only a completed refresh moves the ETag: after a failure the next
             # refresh must not be answered "not modified" on a version never read.
-            self._current, self._etag, self._checked = current, etag, now
-            return current
+            self._keep_newest(current)
+            self._etag, self._checked = etag, now
+            return self._current
         finally:
             self._lock.release()
 
+    def _keep_newest(self, manifest: Manifest | None) -> None:
+        if manifest is not None and (
+            self._current is None or manifest.version > self._current.version
+        ):
+            self._current = manifest
+
     def _advance(self, manifest: Manifest | None) -> None:
         with self._lock:
-            if manifest is not None and (
-                self._current is None or manifest.version > self._current.version
-            ):
-                self._current = manifest
+            self._keep_newest(manifest)
 
     def wait_for(self, version: int, timeout: float) -> Manifest | None:
         """Refresh until `version` is visible or `timeout` passes (read-your-writes)."""
