@@ -95,6 +95,7 @@ class FaultyStore(ObjectStore):
         self.written: dict[str, bytes] = {}
         self.bucket = inner.bucket
         self.prefix = inner.prefix
+        self.scheme = inner.scheme
         self._lock = threading.Lock()
 
     @property

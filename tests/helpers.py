@@ -122,3 +122,28 @@ def model_of(store: Any, keys: list[str]) -> dict[str, tuple[tuple[float, ...], 
     for key in keys:
         model.apply_batch(Batch.decode(store.get(key).data, key))
     return model.live()
+
+
+def superseded(store: Any, keys: list[str]) -> set[str]:
+    """The batches among `keys` whose every record a newer one (in `keys`) beats:
+    indexing them commits nothing, whatever the order."""
+    from brainy.format.batch import Batch
+
+    batches = {key: Batch.decode(store.get(key).data, key) for key in keys}
+    model = LWWModel()
+    for batch in batches.values():
+        model.apply_batch(batch)
+    return {
+        key
+        for key, b in batches.items()
+        if all(
+            model.best[rid][0] > (int(ts), b.writer)
+            for rid, ts in zip(b.ids, b.timestamps.tolist(), strict=True)
+        )
+    }
+
+
+def level0_sources(manifest: Any) -> set[str]:
+    """The batches whose level-0 segments `manifest` lists (applied since the last
+    compaction)."""
+    return {ref.source for ref in manifest.segments if ref.source}

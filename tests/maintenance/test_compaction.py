@@ -50,7 +50,7 @@ def test_compaction_merges_level0_into_partitions_and_keeps_the_live_set(tmp_pat
     before = live_state(url, "docs")
     assert before == model_of(open_store(url, read_only=True), keys)
 
-    report = compact(app, "docs")
+    report = compact(app.maintenance, "docs")
     assert report.status == "compacted"
     assert report.masked_dropped == 4  # r3, r14 (old copies), r5, r27
 
@@ -58,7 +58,7 @@ def test_compaction_merges_level0_into_partitions_and_keeps_the_live_set(tmp_pat
     assert all(ref.level == 1 for ref in manifest.segments)
     assert {ref.partition for ref in manifest.segments} <= {0, 1, 2, 3}
     assert manifest.masked == 0
-    assert manifest.tombstones == {}  # grace 0: every delete was swept and applied
+    assert manifest.stats()["tombstones"] == 0  # grace 0: every delete was swept and applied
     for ref in manifest.segments:
         header_ids = live_state_ids(url, ref)
         assert all(hash_partition(rid, 4, 7) == ref.partition for rid in header_ids)
@@ -85,7 +85,7 @@ def test_commits_landing_during_the_merge_are_not_lost(tmp_path):
         keys.append(_ingest(writer, rng, [], deletes=["r1", "r12"]))
         keys.append(_ingest(writer, rng, ["r25"], meta={"v": "new"}))
 
-    report = compact(app, "docs", before_commit=land_commits)
+    report = compact(app.maintenance, "docs", before_commit=land_commits)
     assert report.status == "compacted"
     state = live_state(url, "docs")
     assert "r1" not in state and "r12" not in state
@@ -99,7 +99,7 @@ def test_segment_count_stays_bounded_as_the_collection_grows(tmp_path):
     keys = []
     for b in range(30):
         keys.append(_ingest(app, rng, [f"r{b}-{i}" for i in range(6)]))
-        compact(app, "docs", sweep_first=False)
+        compact(app.maintenance, "docs", sweep_first=False)
         manifest = Manifests(open_store(url), "docs").latest()
         level0 = sum(1 for s in manifest.segments if s.level == 0)
         assert level0 < 2  # compact_min_segments
@@ -116,9 +116,9 @@ def test_second_compactor_finds_the_lease_busy(tmp_path):
     other = LeaseManager(open_store(url), "someone-else", ttl=600)
     held = other.acquire(lease_resource("docs"))
     assert held is not None
-    assert compact(app, "docs").status == "busy"
+    assert compact(app.maintenance, "docs").status == "busy"
     other.release(held)
-    assert compact(app, "docs").status == "compacted"
+    assert compact(app.maintenance, "docs").status == "compacted"
 
 
 def test_stale_lease_holder_commit_is_refused(tmp_path):
@@ -137,9 +137,11 @@ def test_stale_lease_holder_commit_is_refused(tmp_path):
         now[0] += 60  # the stale holder's lease expires while it works
         keys.append(_ingest(app, rng, ["late"]))
         _ingest(app, rng, ["late2"])
-        outcome["second"] = compact(second, "docs", leases=fresh, force=True)
+        outcome["second"] = compact(second.maintenance, "docs", leases=fresh, force=True)
 
-    first = compact(app, "docs", leases=stale, before_commit=stall_then_lose, force=True)
+    first = compact(
+        app.maintenance, "docs", leases=stale, before_commit=stall_then_lose, force=True
+    )
     assert outcome["second"].status == "compacted"
     assert outcome["second"].lease_token == 2
     assert first.status == "lost-lease"
@@ -152,7 +154,8 @@ def test_stale_lease_holder_commit_is_refused(tmp_path):
 
 
 def test_a_corrupt_compacted_segment_is_rebuilt_row_for_row_by_repair(tmp_path):
-    from brainy.maintenance.verify import repair, verify
+    from brainy.maintenance.repair import repair
+    from brainy.maintenance.verify import verify
 
     url, app = _setup(tmp_path, "rebuild")
     rng = np.random.default_rng(6)
@@ -160,7 +163,7 @@ def test_a_corrupt_compacted_segment_is_rebuilt_row_for_row_by_repair(tmp_path):
         _ingest(app, rng, [f"r{b}-{i}" for i in range(8)], deletes=[f"r{b - 1}-0"] if b else ())
         for b in range(3)
     ]
-    compact(app, "docs")
+    compact(app.maintenance, "docs")
     keys.append(_ingest(app, rng, [], deletes=["r2-3"]))  # a mask on a compacted segment
     expected = live_state(url, "docs")
     store = open_store(url)
@@ -175,7 +178,7 @@ def test_a_corrupt_compacted_segment_is_rebuilt_row_for_row_by_repair(tmp_path):
 
     report = verify(store, "docs")
     assert not report.ok
-    fixed = repair(app, "docs", report)
+    fixed = repair(app.maintenance, "docs", report)
     assert fixed.ok, fixed.unrepaired
     assert victim.id in fixed.swapped
     assert verify(store, "docs").ok
@@ -192,7 +195,7 @@ def test_compaction_on_real_backends(kind, store_url, tmp_path):
     rng = np.random.default_rng(8)
     keys = [_ingest(app, rng, [f"r{b}-{i}" for i in range(5)]) for b in range(3)]
     keys.append(_ingest(app, rng, [], deletes=["r0-0"]))
-    assert compact(app, "docs").status == "compacted"
+    assert compact(app.maintenance, "docs").status == "compacted"
     assert live_state(url, "docs") == model_of(open_store(url, read_only=True), keys)
 
 
@@ -209,10 +212,14 @@ def test_two_compactors_never_both_commit_a_merge_of_the_same_segments(tmp_path)
     outcome = {}
 
     def the_other_merges_first():
-        outcome["other"] = compact(other, "docs", leases=lonely[1], sweep_first=False)
+        outcome["other"] = compact(other.maintenance, "docs", leases=lonely[1], sweep_first=False)
 
     mine = compact(
-        app, "docs", leases=lonely[0], sweep_first=False, before_commit=the_other_merges_first
+        app.maintenance,
+        "docs",
+        leases=lonely[0],
+        sweep_first=False,
+        before_commit=the_other_merges_first,
     )
     assert outcome["other"].status == "compacted"
     assert mine.status == "conflict"

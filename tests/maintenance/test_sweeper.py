@@ -30,7 +30,7 @@ def test_sweep_indexes_batches_whose_events_were_lost_and_skips_applied_ones(
         assert app.index_key(key).status == "applied"
 
     before = time.time()
-    report = sweep(app, "docs")
+    report = sweep(app.maintenance, "docs")
 
     assert (report.seen, report.already_applied, report.indexed) == (6, 2, 4)
     assert sorted(report.indexed_keys) == sorted(set(keys) - set(delivered))
@@ -39,7 +39,7 @@ def test_sweep_indexes_batches_whose_events_were_lost_and_skips_applied_ones(
     assert before <= report.started == report.horizon <= time.time()
     assert live_state(url, "docs") == model_of(app.store, keys)
 
-    again = sweep(app, "docs")
+    again = sweep(app.maintenance, "docs")
     assert (again.seen, again.already_applied, again.indexed) == (6, 6, 0)
     assert again.version == 6  # nothing committed
 
@@ -54,11 +54,11 @@ def test_sweep_quarantines_corrupt_batches_and_leaves_young_ones_to_their_events
     bad = "docs/wal/2024/01/01/writer-x/broken.batch"
     app.store.put(bad, b"not a batch at all")
 
-    patient = sweep(app, "docs", older_than=3600)
+    patient = sweep(app.maintenance, "docs", older_than=3600)
     assert (patient.seen, patient.deferred, patient.indexed) == (2, 2, 0)
     assert patient.horizon == patient.started - 3600
 
-    report = sweep(app, "docs")
+    report = sweep(app.maintenance, "docs")
     assert (report.seen, report.indexed, report.quarantined) == (2, 1, 1)
     assert report.indexed_keys == [good]
     assert app.store.exists(quarantine_key(bad)) and not app.store.exists(bad)
@@ -74,7 +74,7 @@ def test_a_batch_that_fails_to_index_voids_the_horizon_and_the_next_sweep_retrie
     rng = np.random.default_rng(5)
     keys = [ingest_batch(app, rng) for _ in range(3)]
     ghost = "docs/wal/2024/01/01/writer-x/vanished.batch"
-    real_list, real_index = app.store.list, app.index_key
+    real_list, real_index = app.store.list, app.indexer.index
 
     def list_with_ghost(prefix: str = ""):
         yield from real_list(prefix)
@@ -86,12 +86,12 @@ def test_a_batch_that_fails_to_index_voids_the_horizon_and_the_next_sweep_retrie
         return real_index(key)
 
     monkeypatch.setattr(app.store, "list", list_with_ghost)
-    monkeypatch.setattr(app, "index_key", flaky_index)
-    report = sweep(app, "docs")
+    monkeypatch.setattr(app.indexer, "index", flaky_index)
+    report = sweep(app.maintenance, "docs")
     assert (report.indexed, report.missing, report.failed) == (2, 1, [keys[1]])
     assert report.horizon is None
 
-    monkeypatch.setattr(app, "index_key", real_index)
-    retry = sweep(app, "docs")
+    monkeypatch.setattr(app.indexer, "index", real_index)
+    retry = sweep(app.maintenance, "docs")
     assert retry.indexed_keys == [keys[1]] and retry.horizon == retry.started
     assert live_state(url, "docs") == model_of(app.store, keys)

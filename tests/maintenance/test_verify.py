@@ -15,6 +15,7 @@ import pytest
 from brainy.core.config import CollectionSchema
 from brainy.format.batch import Batch
 from brainy.format.segment import BuiltSegment, build_segment
+from brainy.maintenance.repair import repair
 from brainy.maintenance.verify import (
     BAD_MASK,
     CORRUPT_BATCH,
@@ -23,7 +24,6 @@ from brainy.maintenance.verify import (
     LIVE_AFTER_DELETE,
     MISSING_SEGMENT,
     STATS_MISMATCH,
-    repair,
     verify,
 )
 from brainy.service.app import Brainy
@@ -97,7 +97,7 @@ def test_a_flipped_byte_and_a_deleted_segment_are_found_and_rebuilt(
     assert _kinds(verify(app.store, "docs", deep=False)) == {deleted: MISSING_SEGMENT}
     assert json.loads(json.dumps(report.to_dict()))["ok"] is False
 
-    fixed = repair(app, "docs", report)
+    fixed = repair(app.maintenance, "docs", report)
     assert fixed.ok, fixed.unrepaired
     # Every build has a fresh id: the rebuilt segments are swapped in by one commit.
     assert sorted(fixed.swapped) == sorted([segments[0].id, segments[3].id])
@@ -114,13 +114,15 @@ def test_an_id_live_twice_or_behind_its_tombstone_is_found_and_resolved(tmp_path
     # although its delete is newer.
     _commit(
         app,
-        lambda m: replace(m, segments=tuple(replace(ref, deleted=()) for ref in m.segments)),
+        lambda m: replace(
+            m, segments=tuple(replace(ref, deletes=None, masked=0) for ref in m.segments)
+        ),
     )
     report = verify(app.store, "docs")
     found = {(p.kind, p.key) for p in report.problems}
     assert found == {(DUPLICATE_LIVE, "a"), (DUPLICATE_LIVE, "b"), (LIVE_AFTER_DELETE, "c")}
 
-    fixed = repair(app, "docs", report)
+    fixed = repair(app.maintenance, "docs", report)
     assert fixed.ok and sorted(fixed.resolved) == ["a", "b", "c"]
     assert fixed.version == 7
     assert verify(app.store, "docs").ok
@@ -136,7 +138,7 @@ def test_a_corrupt_applied_batch_is_quarantined(tmp_path: Path):
 
     report = verify(app.store, "docs")
     assert _kinds(report) == {keys[1]: CORRUPT_BATCH}
-    fixed = repair(app, "docs", report)
+    fixed = repair(app.maintenance, "docs", report)
     assert fixed.quarantined == [keys[1]]
     assert app.store.exists(quarantine_key(keys[1])) and not app.store.exists(keys[1])
     assert verify(app.store, "docs").ok
@@ -146,10 +148,10 @@ def test_a_segment_whose_batch_is_gone_is_reported_not_rebuildable(tmp_path: Pat
     url = f"memory://verify-gone-{time.time_ns()}"
     app, _ = _collection(url, tmp_path)
     ref = app.manifests("docs").latest().segments[1]
-    app.store.delete(ref.sources[0])
+    app.store.delete(ref.source)
     app.store.delete(ref.key)
 
-    fixed = repair(app, "docs", verify(app.store, "docs"))
+    fixed = repair(app.maintenance, "docs", verify(app.store, "docs"))
     assert not fixed.ok
     [left] = fixed.unrepaired
     assert (left["kind"], left["key"]) == (MISSING_SEGMENT, ref.key)
@@ -176,22 +178,22 @@ def test_a_compacted_segment_is_rebuilt_by_the_compactor_and_swapped_in(tmp_path
     def cannot(store: ObjectStore, schema: CollectionSchema, ref: SegmentRef, workdir: Path):
         raise NotImplementedError("inputs are gone")
 
-    refused = repair(app, "docs", report, rebuild_compacted=cannot)
+    refused = repair(app.maintenance, "docs", report, rebuild_compacted=cannot)
     assert [u["reason"] for u in refused.unrepaired] == ["compacted segment: inputs are gone"]
 
     def rebuild(
         store: ObjectStore, schema: CollectionSchema, ref: SegmentRef, workdir: Path
     ) -> BuiltSegment:
         # The same rows in the same order, indexed with fewer trees: another digest.
-        batch = Batch.decode(store.get(ref.sources[0]).data)
+        batch = Batch.decode(store.get(ref.source).data)
         rows, _ = build_batch_segment(batch, last_per_id(batch))
         return build_segment(rows, metric="angular", n_trees=3, seed=0, workdir=workdir)
 
-    fixed = repair(app, "docs", report, rebuild_compacted=rebuild)
+    fixed = repair(app.maintenance, "docs", report, rebuild_compacted=rebuild)
     assert fixed.ok and list(fixed.swapped) == [ref.id]
     swapped = app.manifests("docs").latest().segments[-1]
     assert swapped.id == fixed.swapped[ref.id] != ref.id
-    assert (swapped.level, swapped.sources, swapped.count) == (1, ref.sources, ref.count)
+    assert (swapped.level, swapped.source, swapped.count) == (1, ref.source, ref.count)
     assert verify(app.store, "docs").ok
     assert live_state(url, "docs") == expected
 
@@ -201,7 +203,14 @@ def test_problems_only_an_operator_can_fix_are_reported_as_such(tmp_path: Path):
     app, _ = _collection(url, tmp_path)
     manifest = _commit(
         app,
-        lambda m: replace(m, segments=(m.segments[0].with_deleted([99]), *m.segments[1:])),
+        # A deletion file that was never written.
+        lambda m: replace(
+            m,
+            segments=(
+                replace(m.segments[0], deletes="docs/deletes/nowhere.del", masked=1),
+                *m.segments[1:],
+            ),
+        ),
     )
     manifests = app.manifests("docs")
     tampered = json.loads(app.store.get(manifests.key(manifest.version)).data)
@@ -211,5 +220,5 @@ def test_problems_only_an_operator_can_fix_are_reported_as_such(tmp_path: Path):
 
     report = verify(app.store, "docs")
     assert sorted(p.kind for p in report.problems) == [BAD_MASK, STATS_MISMATCH]
-    fixed = repair(app, "docs", report)
+    fixed = repair(app.maintenance, "docs", report)
     assert sorted(u["kind"] for u in fixed.unrepaired) == [BAD_MASK, STATS_MISMATCH]

@@ -33,7 +33,7 @@ from brainy.service.app import Brainy
 from brainy.storage import NotFound, open_store
 from brainy.table.manifest import Manifest, Manifests
 from brainy.write.events import ObjectCreated
-from helpers import declare, live_state, make_app, model_of
+from helpers import declare, level0_sources, live_state, make_app, model_of, superseded
 
 COLLECTION = "docs"
 DIM = 8
@@ -83,7 +83,7 @@ def compact_while(url: str, cache_dir: str, start: Any, done: Any) -> dict[str, 
         if i >= 2 and done.is_set():
             break
         # No sweep here: the dropped events must still be pending for the final sweep.
-        report = compact(app, COLLECTION, force=True, sweep_first=False)
+        report = compact(app.maintenance, COLLECTION, force=True, sweep_first=False)
         runs.append((report.status, report.version or 0))
         done.wait(0.2)
     return {"writer": app.writer_id, "runs": runs}
@@ -170,7 +170,10 @@ def run_chaos(url: str, tmp_path: Path) -> None:
         for key, status, version in results:
             if status == "applied":
                 applied_by.setdefault(key, set()).add(version)
-    assert set(applied_by) == set(keys) - dropped
+    source = open_store(url, read_only=True)
+    # A batch a newer one beat in every record commits nothing when it comes late.
+    beaten = superseded(source, keys)
+    assert set(keys) - dropped - beaten <= set(applied_by) <= set(keys) - dropped
     merges = [version for status, version in compacting["runs"] if status == "compacted"]
     index_versions = [v for versions in applied_by.values() for v in versions]
     assert any(min(index_versions) < v < max(index_versions) for v in merges), (
@@ -178,20 +181,17 @@ def run_chaos(url: str, tmp_path: Path) -> None:
     )
 
     app = make_app(url, tmp_path, role="compactor")
-    swept = sweep(app, COLLECTION)
-    assert sorted(swept.indexed_keys) == sorted(dropped)
-    final = compact(app, COLLECTION, force=True)
+    swept = sweep(app.maintenance, COLLECTION)
+    assert set(swept.indexed_keys) <= dropped and dropped - set(swept.indexed_keys) <= beaten
+    final = compact(app.maintenance, COLLECTION, force=True)
     assert final.status == "compacted", final
 
     history = _history(url)
     seen: set[str] = set()
     for parent, child in itertools.pairwise([None, *history]):
-        before = set(parent.applied) if parent else set()
-        after = set(child.applied)
-        added = after - before
+        before = level0_sources(parent) if parent else set()
+        added = level0_sources(child) - before
         where = f"version {child.version} by {child.committed_by}"
-        assert before <= after, f"{where} dropped {sorted(before - after)}"
-        assert len(child.applied) == len(after), f"{where} lists a batch twice"
         if added:
             # An index commit adds one batch, and exactly one indexer was told
             # "applied", with this version (a duplicate delivery that lost the race
@@ -204,7 +204,7 @@ def run_chaos(url: str, tmp_path: Path) -> None:
         else:
             # A compaction: only the compactors commit without adding a batch.
             assert child.committed_by in (compacting["writer"], app.writer_id), where
-    assert seen == set(keys)
+    assert seen == set(applied_by) | set(swept.indexed_keys)
     for version in merges:
         assert history[version - 1].committed_by == compacting["writer"]
 

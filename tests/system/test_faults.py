@@ -26,7 +26,7 @@ import pytest
 from brainy.core.config import CollectionSchema, Settings, load_settings
 from brainy.format.batch import WAL, Batch, collection_of_batch, keyed_batch_key
 from brainy.maintenance.compaction import compact
-from brainy.maintenance.gc import collect_garbage
+from brainy.maintenance.gc import collect_garbage, referenced_keys
 from brainy.maintenance.leases import LeaseManager
 from brainy.maintenance.sweeper import sweep
 from brainy.maintenance.verify import verify
@@ -36,7 +36,7 @@ from brainy.table.manifest import Manifest, Manifests
 from brainy.write.events import ObjectCreated
 from brainy.write.ingest import IngestOutcome
 from faults import WRITE_OPS, Crash, Fault, FaultyStore
-from helpers import LWWModel, declare, live_state, make_app
+from helpers import LWWModel, declare, level0_sources, live_state, make_app, superseded
 
 COLLECTION = "docs"
 DIM = 4
@@ -177,7 +177,7 @@ class Pipeline:
                 leases = LeaseManager(
                     app.store, app.writer_id, ttl=ttl, clock=lambda: time.time() + 2 * ttl + 60
                 )
-            compact(app, COLLECTION, force=True, leases=leases)
+            compact(app.maintenance, COLLECTION, force=True, leases=leases)
 
         self.step("compact", "compactor-0", run)
 
@@ -211,7 +211,7 @@ class Pipeline:
         landed = self.landed_batches()
         for key in [*reversed(landed), *landed]:
             self.deliver(key, "indexer-recovery")
-        sweep(self.app("indexer-recovery"), COLLECTION)
+        sweep(self.app("indexer-recovery").maintenance, COLLECTION)
         self.compact(leases_expired=True)
         self.gc()
 
@@ -258,38 +258,53 @@ def _assert_sound(run: Pipeline, label: str) -> dict[str, Any]:
     history = run.history()
     assert [m.version for m in history] == list(range(1, len(history) + 1)), label
     present = {info.key for info in run.store.inner.list(f"{COLLECTION}/{WAL}/")}
-    for parent, child in itertools.pairwise(history):
-        added = set(child.applied) - set(parent.applied)
-        dropped = set(parent.applied) - set(child.applied)
+    applied: set[str] = set()
+    for parent, child in itertools.pairwise([None, *history]):
+        before = level0_sources(parent) if parent else set()
+        added = level0_sources(child) - before
         where = f"{label}: v{child.version} by {child.committed_by}"
-        # An index commit adds its one batch, a compaction adds nothing; only GC drops
-        # keys from `applied`, and only of batches it already deleted.
-        assert len(added) <= 1 and not (added and dropped), where
-        assert not dropped or child.committed_by.startswith("gc-"), where
-        assert not dropped & present, where
+        # An index commit adds its one batch, once; a compaction adds nothing.
+        assert len(added) <= 1 and not added & applied, where
+        applied |= added
     latest = Manifests(run.store.inner, COLLECTION).latest()
     assert latest is not None and latest.version == history[-1].version, label
     stored = Manifests(run.store.inner, COLLECTION).versions()
     assert stored == list(range(stored[0], latest.version + 1)), f"{label}: gap in {stored}"
-    # Every batch that exists is applied; the others were applied and collected.
-    assert present <= set(latest.applied), label
-    assert landed <= {key for m in history for key in m.applied}, label
+    # Every batch that landed was applied by one commit, unless newer records beat
+    # every one of its records before it was indexed (then it commits nothing).
+    beaten = superseded(_Written(run.store.written), sorted(landed))
+    assert landed - applied <= beaten, label
 
     # The recovery's forced compaction and far-future GC leave nothing behind: one
     # level of segments, no masked rows, no orphan object, no batch left to keep.
     assert all(ref.level == 1 for ref in latest.segments), label
     assert latest.masked == 0, label
-    referenced = {ref.key for ref in latest.segments}
-    objects = {info.key for info in run.store.inner.list(f"{COLLECTION}/segments/")}
+    referenced = referenced_keys(latest)
+    objects = {
+        info.key
+        for prefix in ("segments", "deletes", "meta")
+        for info in run.store.inner.list(f"{COLLECTION}/{prefix}/")
+    }
     assert objects == referenced, f"{label}: orphans {sorted(objects - referenced)}"
     assert not present, f"{label}: batches kept {sorted(present)}"
     return state
 
 
+class _Written:
+    """What the store was given, readable like a store (GC deleted the batches)."""
+
+    def __init__(self, written: dict[str, bytes]) -> None:
+        self.written = written
+
+    def get(self, key: str) -> Any:
+        return dataclasses.make_dataclass("Blob", ["data"])(self.written[key])
+
+
 def _shape(op: str, key: str) -> tuple[str, str]:
     """A call with its segment id blanked: segments hold writer ids and timestamps,
     so their content-addressed keys differ from run to run."""
-    return op, re.sub(r"segments/[0-9a-f]+", "segments/*", key)
+    key = re.sub(r"segments/[0-9a-f]+", "segments/*", key)
+    return op, re.sub(r"(deletes|lineage)/[0-9a-f]+/?[0-9a-f-]*", r"\1/*", key)
 
 
 @dataclass(frozen=True)
@@ -317,6 +332,9 @@ def test_workload_exercises_every_step(baseline: Baseline):
     kinds = {op for op, _ in baseline.ops}
     assert {"get", "put", "list", "upload", "download", "delete"} <= kinds
     assert any("/manifests/0" in key for op, key in baseline.ops if op == "put")
+    # Deletion files and lineages are written (and so crashed around) too.
+    assert any("/deletes/" in key for op, key in baseline.ops if op == "put")
+    assert any("/meta/lineage/" in key for op, key in baseline.ops if op == "put")
     assert any("/segments/" in key for op, key in baseline.ops if op == "delete"), "gc idle"
     assert set(baseline.state) == set(_expected_ids())
 
@@ -472,10 +490,10 @@ def test_a_batch_the_sweep_could_not_read_keeps_its_tombstones(tmp_path: Path):
     app.index_key(app.ingest(delete.payload(), delete.key).batch)
 
     unreadable.add(old)
-    report = compact(app, COLLECTION, force=True)
+    report = compact(app.maintenance, COLLECTION, force=True)
     assert report.sweep["failed"] == [old]
     unreadable.clear()
-    assert sweep(app, COLLECTION).indexed_keys == [old]
+    assert sweep(app.maintenance, COLLECTION).indexed_keys == [old]
 
     expected = {rid for rid, _ in FIRST[0].upserts} - {"a"}
     assert set(live_state(url, COLLECTION)) == expected

@@ -21,6 +21,7 @@ lineage object names while the base version is retained.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -47,7 +48,7 @@ from brainy.format.segment import (
 from brainy.maintenance.context import Maintenance
 from brainy.maintenance.leases import LeaseLost, LeaseManager
 from brainy.maintenance.sweeper import sweep
-from brainy.storage import ObjectStore
+from brainy.storage import ObjectStore, PreconditionFailed
 from brainy.table.deletions import Masks
 from brainy.table.manifest import Manifest, Manifests, SegmentRef, StaleUpload
 from brainy.write.indexer import reupload
@@ -282,11 +283,12 @@ def _apply(
     new_refs = []
     for output, ref in outputs:
         fresh: list[np.ndarray] = []
-        for sid, base_ref in inputs.items():
+        for sid, taken in output.row_of.items():
+            base_ref = inputs[sid]
             if current[sid].deletes == base_ref.deletes:
                 continue
             newly = np.setdiff1d(masks.rows(current[sid]), masks.rows(base_ref))
-            moved = output.row_of[sid][newly]
+            moved = taken[newly]
             fresh.append(moved[moved >= 0])
         if fresh:
             ref = masks.mask(parent.collection, ref, np.concatenate(fresh))
@@ -353,7 +355,14 @@ def compact(
             report.status = "nothing-to-do"
             return report
         plan = plan_compaction(base, schema, settings, force=force, floor=floor)
-        if plan.empty:
+        # With nothing to merge, the sweep's horizon is still worth a commit when it
+        # lets GC collect batches past their retention (or when asked to).
+        unrecorded = report.sweep.get("unrecorded")
+        record = swept > base.swept and (
+            force
+            or (unrecorded is not None and unrecorded < time.time() - settings.batch_retention)
+        )
+        if plan.empty and not record:
             report.status = "nothing-to-do"
             report.version = base.version
             return report
@@ -496,7 +505,9 @@ def copy_lineage(store: ObjectStore, collection: str, ref: SegmentRef) -> str:
 
 def _put_lineage(store: ObjectStore, collection: str, segment_id: str, body: bytes) -> str:
     key = lineage_key(collection, segment_id)
-    store.put(key, body, if_absent=True)
+    # A fresh key: taken only by this put's own retry after a lost response.
+    with contextlib.suppress(PreconditionFailed):
+        store.put(key, body, if_absent=True)
     return key
 
 

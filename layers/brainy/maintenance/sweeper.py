@@ -27,9 +27,6 @@ from brainy.table.manifest import CommitFailed
 if TYPE_CHECKING:
     from brainy.maintenance.context import Maintenance
 
-# Stores whose clock is this machine's own: no skew to allow for.
-_LOCAL_CLOCK = ("memory", "file")
-
 log = logging.getLogger(__name__)
 
 
@@ -53,6 +50,9 @@ class SweepReport:
         failed: keys whose indexing failed with a storage or commit error (retried
             by the next sweep); any failure voids the horizon.
         version: the newest manifest version after the sweep (0: none).
+        unrecorded: the oldest modification time among the batches written since
+            the manifest's `swept` instant (None: there are none); once a
+            compaction records this sweep's horizon, GC may collect them.
         indexed_keys: the keys this sweep applied.
     """
 
@@ -68,6 +68,7 @@ class SweepReport:
     deferred: int = 0
     failed: list[str] = field(default_factory=list)
     version: int = 0
+    unrecorded: float | None = None
     indexed_keys: list[str] = field(default_factory=list)
 
     @property
@@ -97,7 +98,7 @@ def sweep(ctx: Maintenance, collection: str, *, older_than: float = 0) -> SweepR
         StorageError: the listing or the manifest read failed.
     """
     manifests = ctx.manifests_of(collection)
-    margin = 0.0 if ctx.store.scheme in _LOCAL_CLOCK else manifests.clock_margin
+    margin = 0.0 if ctx.store.local_clock else manifests.clock_margin
     report = SweepReport(collection, started=time.time(), older_than=older_than, margin=margin)
     manifest = manifests.latest()
     swept = manifest.swept if manifest else 0.0
@@ -107,6 +108,8 @@ def sweep(ctx: Maintenance, collection: str, *, older_than: float = 0) -> SweepR
         if collection_of_batch(info.key) != collection:
             continue
         report.seen += 1
+        if info.modified >= swept:
+            report.unrecorded = min(report.unrecorded or info.modified, info.modified)
         if info.modified < swept or info.key in sources:
             report.already_applied += 1
             continue

@@ -119,6 +119,12 @@ class ObjectStore(ABC):
     # ----------------------------------------------------------------- public API
 
     @property
+    def local_clock(self) -> bool:
+        """Whether the store's modification times come from this machine's clock
+        (a local folder, memory): then no skew between the two is possible."""
+        return self.scheme in ("memory", "file")
+
+    @property
     @abstractmethod
     def url(self) -> str:
         """The URL this store was opened from (`file:///...`, `s3://...`)."""

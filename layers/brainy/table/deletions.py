@@ -8,6 +8,7 @@ write are cached without reading them back.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from dataclasses import replace
@@ -15,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 
 from brainy.format.deletes import decode_mask, deletion_key, encode_mask
-from brainy.storage import ObjectStore
+from brainy.storage import ObjectStore, PreconditionFailed
 from brainy.table.manifest import SegmentRef
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -78,7 +79,10 @@ class Masks:
         if merged.size == current.size:
             return ref
         key = deletion_key(collection, ref.id)
-        self.store.put(key, encode_mask(merged, ref.count), if_absent=True)
+        # The key is fresh: finding it taken can only mean this put's own retry,
+        # after a response that was lost.
+        with contextlib.suppress(PreconditionFailed):
+            self.store.put(key, encode_mask(merged, ref.count), if_absent=True)
         merged.setflags(write=False)
         self._remember(key, merged)
         return replace(ref, deletes=key, masked=int(merged.size))
