@@ -385,7 +385,7 @@ def compact(
                     swept,
                 )
 
-            manifest = _commit(ctx, collection, update, base, outputs, schema)
+            manifest = _commit(ctx, collection, update, plan, outputs, schema)
         except CompactionConflict:
             report.status = "conflict"
             return report
@@ -419,7 +419,7 @@ def _commit(
     ctx: Maintenance,
     collection: str,
     update: Callable[[Manifest], Manifest | None],
-    base: Manifest,
+    plan: Plan,
     outputs: list[_Built],
     schema: CollectionSchema,
 ) -> Manifest:
@@ -431,7 +431,7 @@ def _commit(
                 update,
                 schema=schema.frozen(),
                 committed_by=ctx.writer_id,
-                base=base,
+                base=plan.base,
                 uploaded_at=uploaded_at,
             )
             return manifest
@@ -441,7 +441,7 @@ def _commit(
             for i, (output, ref, _) in enumerate(outputs):
                 assert output.built is not None
                 at, new_ref = reupload(ctx.store, collection, output.built, ref)
-                lineage = copy_lineage(ctx.store, collection, ref)
+                lineage = write_lineage(ctx.store, collection, ref.id, plan, output.plan)
                 outputs[i] = (output, replace(new_ref, lineage=lineage), at)
 
 
@@ -494,20 +494,10 @@ def write_lineage(
         "level0": [r.id for r in plan.level0],
         "inputs": [r.id for r in out.inputs],
     }
-    return _put_lineage(store, collection, segment_id, json.dumps(body).encode())
-
-
-def copy_lineage(store: ObjectStore, collection: str, ref: SegmentRef) -> str:
-    """A fresh copy of `ref`'s lineage object (see `StaleUpload`)."""
-    assert ref.lineage is not None
-    return _put_lineage(store, collection, ref.id, store.get(ref.lineage).data)
-
-
-def _put_lineage(store: ObjectStore, collection: str, segment_id: str, body: bytes) -> str:
     key = lineage_key(collection, segment_id)
     # A fresh key: taken only by this put's own retry after a lost response.
     with contextlib.suppress(PreconditionFailed):
-        store.put(key, body, if_absent=True)
+        store.put(key, json.dumps(body).encode(), if_absent=True)
     return key
 
 
