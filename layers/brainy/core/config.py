@@ -16,7 +16,8 @@ from typing import Any
 
 import xxhash
 
-from brainy.storage import NotFound, ObjectStore, PreconditionFailed, open_store
+from brainy.storage import ObjectStore, open_store
+from brainy.storage.cas import Contention, Current, compare_and_swap, read_current
 
 CONFIG_KEY = "_brainy/config.json"
 INSTANCES_PREFIX = "_brainy/instances/"
@@ -338,15 +339,17 @@ def default_instance_id(role: str) -> str:
 
 def read_json_object(store: ObjectStore, key: str) -> tuple[dict[str, Any] | None, str | None]:
     """A JSON object and its ETag, or (None, None) when absent."""
+    current = read_current(store, key)
+    return _parse_json(current.data, key), current.etag
+
+
+def _parse_json(data: bytes | None, key: str) -> Any:
+    if data is None:
+        return None
     try:
-        blob = store.get(key)
-    except NotFound:
-        return None, None
-    try:
-        value = json.loads(blob.data)
+        return json.loads(data)
     except ValueError as e:
         raise ConfigError(f"{key}: not valid JSON ({e})") from None
-    return value, blob.etag
 
 
 def load_settings(
@@ -448,14 +451,17 @@ def create_collection(
     """
     if stored is not None:
         schema.check_compatible(stored)
-    for _ in range(attempts):
-        current, etag = read_json_object(store, CONFIG_KEY)
-        config = dict(current or {})
+    created = False
+
+    def declare(current: Current) -> bytes | None:
+        nonlocal created
+        config = dict(_parse_json(current.data, CONFIG_KEY) or {})
         collections = dict(config.get("collections") or {})
         if schema.name in collections:
             existing = CollectionSchema.from_dict(schema.name, collections[schema.name])
             if existing == schema:
-                return False
+                created = False
+                return None
             diff = [k for k, v in schema.to_dict().items() if existing.to_dict()[k] != v]
             raise ConfigError(
                 f"collections.{schema.name}.{diff[0]}: the collection already exists with "
@@ -463,13 +469,11 @@ def create_collection(
             )
         collections[schema.name] = schema.to_dict()
         config["collections"] = collections
-        data = json.dumps(config, indent=2, sort_keys=True).encode()
-        try:
-            if etag is None:
-                store.put(CONFIG_KEY, data, if_absent=True)
-            else:
-                store.put(CONFIG_KEY, data, if_match=etag)
-            return True
-        except PreconditionFailed:
-            continue
-    raise ConfigError(f"{CONFIG_KEY}: too much contention updating the configuration")
+        created = True
+        return json.dumps(config, indent=2, sort_keys=True).encode()
+
+    try:
+        compare_and_swap(store, CONFIG_KEY, declare, attempts=attempts)
+    except Contention:
+        raise ConfigError(f"{CONFIG_KEY}: too much contention updating the configuration") from None
+    return created

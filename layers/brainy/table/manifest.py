@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 import uuid
@@ -50,6 +49,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from brainy.storage import NotFound, NotModified, ObjectStore, PreconditionFailed, StorageError
+from brainy.storage.cas import contention_delay
 
 if TYPE_CHECKING:
     from brainy.format.segment import BuiltSegment
@@ -386,7 +386,7 @@ class Manifests:
             try:
                 self.store.put(self.key(new.version), new.to_json(), if_absent=True)
             except PreconditionFailed:
-                time.sleep(random.uniform(0, min(0.2, 0.005 * 2 ** min(attempt, 6))))
+                time.sleep(contention_delay(attempt))
                 current = self.probe_forward(parent)
                 continue
             self.write_hint(new.version)
