@@ -232,12 +232,13 @@ def _approximate(
 ) -> list[Scored]:
     n = loaded.count
     assert loaded.index is not None
-    usable = np.ones(n, dtype=bool) if blocked is None else ~blocked
+    # The rows a hit may come from: None when every row may.
+    usable: np.ndarray | None = None if blocked is None else ~blocked
     if allowed is not None:
         only = np.zeros(n, dtype=bool)
         only[allowed] = True
-        usable &= only
-    fraction = max(int(usable.sum()) / n, 1e-3)
+        usable = only if usable is None else usable & only
+    fraction = 1.0 if usable is None else max(int(usable.sum()) / n, 1e-3)
     fetch = min(n, max(k * 2, int((k * 1.5) / fraction) + 1))
     qlist = query.tolist()
     while True:
@@ -245,7 +246,7 @@ def _approximate(
         found = np.asarray(
             loaded.index.get_nns_by_vector(qlist, fetch, search_k=search_k), dtype=np.int64
         )
-        rows = found[usable[found]]
+        rows = found if usable is None else found[usable[found]]
         if rows.size >= k or fetch >= n:
             break
         fetch = min(n, fetch * 4)
