@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -203,7 +204,14 @@ class ObjectStore(ABC):
 
         Some S3-compatible stores ignore `If-None-Match`; on them a commit could
         silently overwrite another, so Brainy refuses to run there.
+
+        Args:
+            probe_key: where to probe. A unique suffix is added: probes that run at
+                once (two cold starts of one function share an instance id) must
+                not delete each other's object, or one would see its put-if-absent
+                succeed and take an honest store for a broken one.
         """
+        probe_key = _unique(probe_key)
         self.put(probe_key, b"probe", if_absent=False)
         try:
             self.put(probe_key, b"probe-2", if_absent=True)
@@ -280,6 +288,11 @@ class ObjectStore(ABC):
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "read-write"
         return f"<{type(self).__name__} {self.url} {mode}>"
+
+
+def _unique(key: str) -> str:
+    """`key` made unique to this call, for probe objects that must never collide."""
+    return f"{key}-{uuid.uuid4().hex}"
 
 
 def join_key(*parts: str) -> str:
