@@ -24,7 +24,7 @@ from brainy.storage import (
     ReadOnlyStore,
     open_store,
 )
-from faults import FaultyStore
+from faults import ClockSkewedStore, FaultyStore
 
 MiB = 1024 * 1024
 RACERS = 8
@@ -281,6 +281,23 @@ def test_a_cold_start_probing_in_the_middle_of_another_does_not_fail_it(
     FaultyStore(store, before=the_other_cold_start).check_conditional_writes(probe)
 
     assert others == [None]
+    assert list(store.list("_brainy/")) == []
+
+
+def test_a_store_on_this_machine_measures_no_clock_skew(store: ObjectStore) -> None:
+    assert store.measure_clock_skew("_brainy/probes/clock") == 0.0
+    assert list(store.list("_brainy/")) == []
+
+
+@pytest.mark.parametrize("offset", [-120.0, 120.0], ids=["store-behind", "store-ahead"])
+def test_clock_skew_is_measured_against_the_store_clock(store: ObjectStore, offset: float) -> None:
+    skewed = ClockSkewedStore(store, offset)
+
+    skew = skewed.measure_clock_skew("_brainy/probes/clock")
+
+    # Positive when the local clock is ahead, within the store's 1 s resolution and
+    # the round trip of the put.
+    assert abs(skew + offset) <= 2.0
     assert list(store.list("_brainy/")) == []
 
 

@@ -95,6 +95,10 @@ def retry_transient(fn: Callable[[], T], policy: RetryPolicy) -> T:
 # The request kinds counted per store, also the label values of the metrics.
 REQUEST_KINDS = ("get", "head", "put", "delete", "list", "download", "upload")
 
+# S3 reports modification times in whole seconds (HTTP dates), truncated: an object
+# stamped `modified` was written at some time in [modified, modified + this).
+MODIFIED_RESOLUTION = 1.0
+
 
 class ObjectStore(ABC):
     """A flat key space of immutable-or-CAS objects: the only shared state of Brainy.
@@ -223,6 +227,37 @@ class ObjectStore(ABC):
             f"{self.url} accepted a put-if-absent over an existing object ({probe_key}); "
             "conditional writes are required"
         )
+
+    def measure_clock_skew(self, probe_key: str) -> float:
+        """Seconds by which the local clock is ahead of the store's (negative: behind).
+
+        Writes a small object, reads back when the store says it was written, and
+        deletes it. The store's time is the interval its timestamp stands for,
+        `[modified, modified + MODIFIED_RESOLUTION)`; the local time is the interval
+        from just before the put to its answer. The skew is the gap between the two
+        intervals, 0 when they overlap: so a store that keeps time by the local
+        clock (a folder, memory) measures 0.
+
+        Args:
+            probe_key: where to write the probe; a unique suffix is added.
+
+        Raises:
+            ReadOnlyStore: on a read-only store.
+            StorageError: when the store fails.
+        """
+        probe_key = _unique(probe_key)
+        before = time.time()
+        self.put(probe_key, b"clock")
+        after = time.time()
+        try:
+            written = self.head(probe_key).modified
+        finally:
+            self.delete(probe_key)
+        if before > written + MODIFIED_RESOLUTION:
+            return before - (written + MODIFIED_RESOLUTION)
+        if written > after:
+            return after - written
+        return 0.0
 
     def key_from_event(self, bucket: str, key: str) -> str | None:
         """The store key an event's (bucket, object name) refers to, or None when the
