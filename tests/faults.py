@@ -22,11 +22,12 @@ faults, count its calls, then crash it at each one in turn.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from brainy.storage import Blob, ObjectInfo, ObjectStore, RetryPolicy, StorageError, Transient
 from brainy.storage.base import retry_transient
@@ -192,3 +193,24 @@ class FaultyStore(ObjectStore):
             raise Crash(f"crash after call {n}: {op} {key}")
         if fault == "lost-response":
             raise Transient(f"injected lost response after call {n}: {op} {key}")
+
+
+class ClockSkewedStore(FaultyStore):
+    """Wraps `inner` as a store whose clock runs `offset` seconds away from this
+    machine's: every modification time it reports is shifted by it (positive: the
+    store's clock is ahead). `offset` may be changed as the test goes on.
+    """
+
+    def __init__(self, inner: ObjectStore, offset: float, **kwargs: Any) -> None:
+        super().__init__(inner, **kwargs)
+        self.offset = offset
+
+    def _head(self, key) -> ObjectInfo:
+        return self._shifted(super()._head(key))
+
+    def _list(self, prefix) -> Iterator[ObjectInfo]:
+        for info in super()._list(prefix):
+            yield self._shifted(info)
+
+    def _shifted(self, info: ObjectInfo) -> ObjectInfo:
+        return dataclasses.replace(info, modified=info.modified + self.offset)

@@ -64,14 +64,14 @@ def test_acquire_renew_release_round_trip(store: ObjectStore, clock: FakeClock) 
 
     lease = alice.acquire("compact.c")
     assert lease is not None
-    assert (lease.resource, lease.owner, lease.token) == ("compact.c", "alice", 1)
+    assert (lease.resource, lease.owner) == ("compact.c", "alice")
     assert lease.expires_at == clock.now + TTL
     assert lock_record(store, "compact.c")["owner"] == "alice"
     alice.check(lease)
 
     clock.advance(TTL - 1)
     renewed = alice.renew(lease)
-    assert renewed.token == 1
+    assert renewed.token == lease.token
     assert renewed.expires_at == clock.now + TTL
     assert renewed.etag != lease.etag
     alice.check(renewed)
@@ -81,7 +81,7 @@ def test_acquire_renew_release_round_trip(store: ObjectStore, clock: FakeClock) 
         alice.check(renewed)
     # A released lease is free at once, and the next token is still higher.
     bob_lease = manager(store, "bob", clock).acquire("compact.c")
-    assert bob_lease is not None and bob_lease.token == 2
+    assert bob_lease is not None and bob_lease.token > lease.token
 
 
 def test_renewal_keeps_others_out_past_the_first_expiry(
@@ -105,7 +105,7 @@ def test_second_owner_cannot_acquire_a_held_lease(store: ObjectStore, clock: Fak
     with pytest.raises(LeaseBusy, match="held by alice") as busy, bob.hold("r"):
         pytest.fail("entered a held lease")
     assert busy.value.holder is not None
-    assert (busy.value.holder.owner, busy.value.holder.token) == ("alice", 1)
+    assert (busy.value.holder.owner, busy.value.holder.token) == ("alice", lease.token)
     # Even the owner itself does not get a second lease on the same resource.
     assert alice.acquire("r") is None
     alice.check(lease)
@@ -119,9 +119,9 @@ def test_takeover_after_expiry_fences_the_old_holder(store: ObjectStore, clock: 
     clock.advance(TTL + SKEW + 0.1)
     new = bob.acquire("r")
     assert new is not None
-    assert (new.owner, new.token) == ("bob", old.token + 1)
+    assert new.owner == "bob" and new.token > old.token
 
-    with pytest.raises(LeaseLost, match="bob holds it with token 2"):
+    with pytest.raises(LeaseLost, match=f"bob holds it with token {new.token}"):
         alice.renew(old)
     with pytest.raises(LeaseLost):
         alice.check(old)
@@ -146,7 +146,7 @@ def test_a_lease_expired_by_less_than_max_skew_is_not_taken(store: ObjectStore) 
 
     bob_clock.advance(0.2)
     taken = bob.acquire("r")
-    assert taken is not None and taken.token == 2
+    assert taken is not None and taken.token > lease.token
 
 
 def test_racing_takeovers_have_exactly_one_winner(store: ObjectStore, clock: FakeClock) -> None:
@@ -171,7 +171,7 @@ def test_racing_takeovers_have_exactly_one_winner(store: ObjectStore, clock: Fak
         for t in threads:
             t.join()
         assert len(won) == 1
-        assert won[0].token == token + 1
+        assert won[0].token > token
         token = won[0].token
         owners[0].check(won[0])
 
@@ -204,7 +204,7 @@ def test_break_lease_frees_it_and_fences_the_holder(store: ObjectStore, clock: F
 
     broken = operator.break_lease("r")
     assert broken is not None
-    assert (broken.owner, broken.token, broken.state) == ("alice", 1, "held")
+    assert (broken.owner, broken.token, broken.state) == ("alice", lease.token, "held")
     with pytest.raises(LeaseLost, match="broken by ops:carol"):
         alice.check(lease)
     with pytest.raises(LeaseLost):
@@ -215,7 +215,7 @@ def test_break_lease_frees_it_and_fences_the_holder(store: ObjectStore, clock: F
     # Free at once, with a higher token; breaking a free lease does nothing.
     assert operator.break_lease("r") is None
     bob_lease = manager(store, "bob", clock).acquire("r")
-    assert bob_lease is not None and bob_lease.token == 2
+    assert bob_lease is not None and bob_lease.token > lease.token
     assert operator.break_lease("never-held") is None
 
 
@@ -241,7 +241,11 @@ def test_list_leases_shows_every_state(store: ObjectStore, clock: FakeClock) -> 
         ("d-expired", "expired"),
         ("e-held", "held"),
     ]
-    assert (infos[4].owner, infos[4].token, infos[4].expires_at) == ("bob", 1, held.expires_at)
+    assert (infos[4].owner, infos[4].token, infos[4].expires_at) == (
+        "bob",
+        held.token,
+        held.expires_at,
+    )
     assert infos[4].etag == held.etag
 
 
@@ -254,8 +258,33 @@ def test_a_corrupt_lock_object_is_taken_over(
 ) -> None:
     store.put(lock_key("r"), content)
     lease = manager(store, "alice", clock).acquire("r")
-    assert lease is not None and lease.token == 1
+    assert lease is not None
     assert lock_record(store, "r")["owner"] == "alice"
+
+
+@pytest.mark.parametrize("lost", ["corrupt", "deleted"])
+def test_tokens_keep_rising_when_the_lock_object_is_lost(
+    store: ObjectStore, clock: FakeClock, lost: str
+) -> None:
+    """A manifest records the token of the compaction that wrote it and refuses
+    commits under a lower one: a token that went back after the lock object was
+    damaged would fence out every later compaction for good."""
+    alice, bob = manager(store, "alice", clock), manager(store, "bob", clock)
+    issued = []
+    for _ in range(3):
+        lease = alice.acquire("r")
+        assert lease is not None
+        issued.append(lease.token)
+        alice.release(lease)
+        clock.advance(0.001)  # an acquisition takes a round trip to the store
+    assert issued == sorted(set(issued))
+
+    if lost == "corrupt":
+        store.put(lock_key("r"), b"{not json")
+    else:
+        store.delete(lock_key("r"))
+    after = bob.acquire("r")
+    assert after is not None and after.token > max(issued)
 
 
 def test_hold_releases_on_exit_even_after_an_error(store: ObjectStore, clock: FakeClock) -> None:
@@ -263,11 +292,11 @@ def test_hold_releases_on_exit_even_after_an_error(store: ObjectStore, clock: Fa
     with alice.hold("r") as lease:
         assert bob.acquire("r") is None
         alice.renew(lease)  # the body renews; the release at exit still finds the lease
-    with pytest.raises(RuntimeError), bob.hold("r") as lease:
-        assert lease.token == 2
+    with pytest.raises(RuntimeError), bob.hold("r") as second:
+        assert second.token > lease.token
         raise RuntimeError("compaction failed")
     [info] = alice.list_leases()
-    assert (info.state, info.token) == ("released", 2)
+    assert (info.state, info.token) == ("released", second.token)
 
 
 def test_an_outdated_copy_of_a_lease_still_works_for_its_holder(
@@ -375,5 +404,6 @@ def test_processes_on_one_folder_never_overlap(tmp_path: Path) -> None:
     assert [e[0] for e in starts] == ["start"] * len(starts)
     assert [e[1:] for e in ends] == [s[1:] for s in starts]
     tokens = [int(s[2]) for s in starts]
-    assert tokens == list(range(1, 4 * WINS_PER_PROCESS + 1))
+    assert len(tokens) == 4 * WINS_PER_PROCESS
+    assert tokens == sorted(set(tokens)), "fencing tokens must rise with every holder"
     assert {s[1] for s in starts} == {"p0", "p1", "p2", "p3"}

@@ -4,11 +4,15 @@ enforced before anything is sent, and a store without conditional writes is refu
 from __future__ import annotations
 
 import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from brainy.core.config import ConfigError, load_settings, parse_size
 from brainy.core.errors import Forbidden
+from brainy.service.app import Brainy
 from brainy.storage import ConditionalWritesUnsupported, ReadOnlyStore, open_store
 from brainy.storage.memory import MemoryStore
 from helpers import declare, make_app
@@ -134,3 +138,26 @@ def test_semantic_partitioning_is_refused_until_it_exists():
         ConfigError, match=r"collections\.docs\.strategy: expected one of \['hash'\]"
     ):
         load_settings({"BRAINY_STORE": "memory://semantic"})
+
+
+def test_cold_starts_sharing_an_instance_id_all_pass_the_conditional_write_probe(
+    store_url, tmp_path
+):
+    """Every copy of a function runs with the instance id its deployment sets: a
+    burst of cold starts on S3 probes at once, and none may fail another."""
+    url = store_url("s3")
+    starts = 8
+    barrier = threading.Barrier(starts)
+
+    def cold_start(i: int) -> Brainy:
+        barrier.wait()
+        env = {**os.environ, "BRAINY_STORE": url, "BRAINY_INSTANCE_ID": "ingest-shared"}
+        return Brainy.from_env("ingest", {**env, "BRAINY_CACHE_DIR": str(tmp_path / f"c{i}")})
+
+    with ThreadPoolExecutor(starts) as pool:
+        apps = list(pool.map(cold_start, range(starts)))
+    assert {app.settings.instance_id for app in apps} == {"ingest-shared"}
+    assert (
+        list(open_store(url, endpoint_url=os.environ["BRAINY_S3_ENDPOINT_URL"]).list("_brainy/"))
+        == []
+    )

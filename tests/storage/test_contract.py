@@ -24,6 +24,7 @@ from brainy.storage import (
     ReadOnlyStore,
     open_store,
 )
+from faults import ClockSkewedStore, FaultyStore
 
 MiB = 1024 * 1024
 RACERS = 8
@@ -261,7 +262,43 @@ def test_requests_are_counted_by_kind(store: ObjectStore, tmp_path: Path) -> Non
 def test_conditional_writes_are_honoured(store: ObjectStore) -> None:
     store.check_conditional_writes("_brainy/probe")
 
-    assert not store.exists("_brainy/probe")
+    assert list(store.list("_brainy/")) == []
+
+
+def test_a_cold_start_probing_in_the_middle_of_another_does_not_fail_it(
+    store: ObjectStore,
+) -> None:
+    """Two cold starts of one function share its instance id, so they probe under
+    the same name. The second runs its whole probe between the first's put and
+    put-if-absent: both must still find the store honest."""
+    probe = "_brainy/probes/ingest-1"
+    others: list[None] = []
+
+    def the_other_cold_start(n: int, op: str, key: str) -> None:
+        if n == 2:  # the first probe's put-if-absent
+            others.append(store.check_conditional_writes(probe))
+
+    FaultyStore(store, before=the_other_cold_start).check_conditional_writes(probe)
+
+    assert others == [None]
+    assert list(store.list("_brainy/")) == []
+
+
+def test_a_store_on_this_machine_measures_no_clock_skew(store: ObjectStore) -> None:
+    assert store.measure_clock_skew("_brainy/probes/clock") == 0.0
+    assert list(store.list("_brainy/")) == []
+
+
+@pytest.mark.parametrize("offset", [-120.0, 120.0], ids=["store-behind", "store-ahead"])
+def test_clock_skew_is_measured_against_the_store_clock(store: ObjectStore, offset: float) -> None:
+    skewed = ClockSkewedStore(store, offset)
+
+    skew = skewed.measure_clock_skew("_brainy/probes/clock")
+
+    # Positive when the local clock is ahead, within the store's 1 s resolution and
+    # the round trip of the put.
+    assert abs(skew + offset) <= 2.0
+    assert list(store.list("_brainy/")) == []
 
 
 @pytest.mark.parametrize(

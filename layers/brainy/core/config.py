@@ -200,6 +200,12 @@ class Settings:
     # this many segments per partition (size-tiered merges beyond it).
     compact_min_segments: int = 8
     max_segments_per_partition: int = 4
+    # A writing instance refuses to write while its clock is further than this from
+    # the object store's: records are ordered by their writer's timestamp, so a
+    # writer ahead of time makes its records outrank honest deletes for as long.
+    max_clock_skew: float = 30.0
+    # How often that distance is measured again (it is measured at start-up too).
+    clock_check_interval: float = 300.0
     collections: dict[str, CollectionSchema] = field(default_factory=dict)
 
     @property
@@ -292,6 +298,8 @@ _PARSERS = {
     "lease_ttl": parse_duration,
     "compact_min_segments": _int_in(2, 10_000),
     "max_segments_per_partition": _int_in(1, 1000),
+    "max_clock_skew": parse_duration,
+    "clock_check_interval": parse_duration,
 }
 
 # Environment variables: the original design's names, plus one per tunable.

@@ -56,3 +56,25 @@ class Forbidden(BrainyError):
 class VersionNotVisible(BrainyError):
     status = 503
     code = "version_not_visible"
+
+
+class ClockSkewed(BrainyError):
+    """This instance's clock is too far from the object store's to stamp records.
+
+    Attributes:
+        skew: seconds the local clock is ahead of the store's (negative: behind).
+        limit: the `max_clock_skew` setting, in seconds.
+    """
+
+    status = 503
+    code = "clock_skew"
+
+    def __init__(self, skew: float, limit: float) -> None:
+        direction = "ahead of" if skew > 0 else "behind"
+        super().__init__(
+            "clock",
+            f"this instance's clock is {abs(skew):.1f}s {direction} the object store's, "
+            f"beyond max_clock_skew ({limit:g}s): writes are refused until it is corrected",
+        )
+        self.skew = skew
+        self.limit = limit

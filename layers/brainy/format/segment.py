@@ -243,36 +243,41 @@ def read_segment_header(store: ObjectStore, key: str) -> SegmentHeader:
 
 
 class LoadedSegment:
-    """A segment in the local cache: the header in memory, the Annoy file mapped."""
+    """A segment in the local cache: the header in memory, the Annoy file mapped.
+
+    The file is mapped here, once, and never opened by name again: a mapping
+    outlives its file's name, so the cache may unlink an evicted segment while
+    queries still search it.
+
+    Attributes:
+        vectors: the rows' vectors, read straight out of the mapped Annoy node array.
+    """
 
     def __init__(self, segment_id: str, header: SegmentHeader, ann_path: Path) -> None:
         self.id = segment_id
         self.header = header
         self.ann_path = ann_path
-        # Bytes on local disk: the index and the header beside it.
-        self.size = ann_path.stat().st_size + ann_path.with_suffix(".json").stat().st_size
-        # A segment of tombstones only has no index.
+        # A segment of tombstones only has no index, and no vectors.
         self.index: AnnoyIndex | None = None
+        self.vectors = np.zeros((0, header.dimension), dtype=np.float32)
+        ann_bytes = 0
         if header.count:
+            raw = np.memmap(ann_path, dtype=np.uint8, mode="r")
+            ann_bytes = raw.size
             self.index = AnnoyIndex(header.dimension, header.metric)
             self.index.load(str(ann_path))
+            offset, extra = _ANNOY_LAYOUT[header.metric]
+            stride = extra + 4 * header.dimension
+            self.vectors = np.ndarray(
+                (header.count, header.dimension), "<f4", raw, offset, strides=(stride, 4)
+            )
+        # Bytes on local disk: the index and the header beside it.
+        self.size = ann_bytes + ann_path.with_suffix(".json").stat().st_size
         self._lock = threading.Lock()
 
     @property
     def count(self) -> int:
         return self.header.count
-
-    @cached_property
-    def vectors(self) -> np.ndarray:
-        """The rows' vectors, read straight out of the mapped Annoy node array."""
-        offset, extra = _ANNOY_LAYOUT[self.header.metric]
-        dim = self.header.dimension
-        if not self.count:
-            return np.zeros((0, dim), dtype=np.float32)
-        raw = np.memmap(self.ann_path, dtype=np.uint8, mode="r")
-        return np.ndarray(
-            (self.count, dim), dtype="<f4", buffer=raw, offset=offset, strides=(extra + 4 * dim, 4)
-        )
 
     @cached_property
     def dense(self) -> np.ndarray:

@@ -2,15 +2,22 @@
 
 A lease only avoids wasted work, such as two compactions of the same segments;
 correctness rests on the manifest's compare-and-swap. Each acquisition of a
-resource gets a fencing token one higher than the one before it, so a committer
-can record `lease.token` in the manifest, and `LeaseManager.check` tells a
-holder that was paused past its expiry that someone else now holds the lease.
+resource gets a fencing token higher than every one issued before it, so a
+committer can record `lease.token` in the manifest, and `LeaseManager.check`
+tells a holder that was paused past its expiry that someone else now holds the
+lease.
+
+A token is the larger of the previous holder's plus one and the clock in
+microseconds. The previous token alone would restart at 1 whenever the lock
+object is lost or unreadable, below the tokens manifests already record, and
+every later holder would be fenced out for good; the clock alone could step
+back. Together they only go down if a lock object is lost *and* the new
+holder's clock is behind an earlier holder's by more than the time in between,
+which the instances' bound on clock skew rules out.
 
 The lock object of a resource is created once, by put-if-absent, and after that
 only rewritten by compare-and-swap on its ETag: release and break mark it free
-instead of deleting it. The token lives in that object, so deleting it would
-start the next holder at token 1 again, and an old holder's token could then
-compare equal to a new holder's.
+instead of deleting it, so the previous token is there to be read.
 
 Each holder writes `expires_at` by its own clock. Another instance takes an
 expired lease over only when its clock is more than `max_skew` seconds past
@@ -84,7 +91,7 @@ class Lease:
     Attributes:
         resource: the resource name; the lock object is `lock_key(resource)`.
         owner: who holds it (an instance id).
-        token: the fencing token: one more than the previous holder's, 1 for the first.
+        token: the fencing token: above every earlier holder's (see the module).
         lease_id: unique to this acquisition; tells apart two holders with one owner name.
         acquired_at: epoch seconds, by the holder's clock.
         expires_at: epoch seconds, by the holder's clock; moved forward by `renew`.
@@ -265,7 +272,7 @@ class LeaseManager:
         """Take the lease on `resource` if it is free, released, broken or long expired.
 
         A lease expired by more than `max_skew` seconds (by this manager's clock)
-        is taken over with a token one higher; so is a corrupt lock object.
+        is taken over with a higher token; so is a corrupt lock object.
 
         Args:
             resource: the resource name (see `lock_key`).
@@ -421,7 +428,7 @@ class LeaseManager:
         lease = Lease(
             resource=resource,
             owner=self.owner,
-            token=(previous.token if previous else 0) + 1,
+            token=max((previous.token if previous else 0) + 1, int(now * 1_000_000)),
             lease_id=uuid.uuid4().hex,
             acquired_at=now,
             expires_at=now + self.ttl,

@@ -98,7 +98,9 @@ def sweep(ctx: Maintenance, collection: str, *, older_than: float = 0) -> SweepR
         StorageError: the listing or the manifest read failed.
     """
     manifests = ctx.manifests_of(collection)
-    margin = 0.0 if ctx.store.local_clock else manifests.clock_margin
+    # A remote store's clock may differ from ours by the skew allowed, and S3 and GCS
+    # report modification times truncated to the second.
+    margin = 0.0 if ctx.store.local_clock else max(manifests.clock_margin, 1.0)
     report = SweepReport(collection, started=time.time(), older_than=older_than, margin=margin)
     manifest = manifests.latest()
     swept = manifest.swept if manifest else 0.0

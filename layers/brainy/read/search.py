@@ -5,11 +5,9 @@ merge best-first. Small segments (and selective filters) are searched exactly.""
 from __future__ import annotations
 
 import heapq
-import json
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +16,11 @@ import numpy as np
 
 from brainy.core.config import CollectionSchema
 from brainy.core.errors import VersionNotVisible
-from brainy.format.segment import LoadedSegment, load_segment
+from brainy.format.segment import LoadedSegment
+from brainy.read.cache import CachedSegment, SegmentCache
 from brainy.storage import ObjectStore
 from brainy.table.deletions import Masks
-from brainy.table.manifest import Manifest, Manifests, ManifestView, SegmentRef
+from brainy.table.manifest import Manifest, Manifests, ManifestView
 
 Scored = tuple[float, str, Any]  # (score, id, metadata)
 
@@ -53,112 +52,6 @@ def scores(metric: str, vectors: np.ndarray, query: np.ndarray, norms: np.ndarra
     if metric == "dot":
         return vectors @ query
     return -np.linalg.norm(vectors - query, axis=1)
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-class FilterIndex:
-    """Per segment and metadata field: value → the rows holding it, built on first use."""
-
-    def __init__(self, metadata: list[Any]) -> None:
-        self.metadata = metadata
-        self._fields: dict[str, dict[str, np.ndarray]] = {}
-        self._lock = threading.Lock()
-
-    def rows(self, field: str, value: Any) -> np.ndarray:
-        with self._lock:
-            index = self._fields.get(field)
-            if index is None:
-                buckets: dict[str, list[int]] = {}
-                for row, meta in enumerate(self.metadata):
-                    if isinstance(meta, Mapping) and field in meta:
-                        buckets.setdefault(_canonical(meta[field]), []).append(row)
-                index = {k: np.asarray(v, dtype=np.int64) for k, v in buckets.items()}
-                self._fields[field] = index
-        return index.get(_canonical(value), np.zeros(0, dtype=np.int64))
-
-    def matching(self, filters: Mapping[str, Any]) -> np.ndarray:
-        result: np.ndarray | None = None
-        for field, value in filters.items():
-            rows = self.rows(field, value)
-            result = rows if result is None else np.intersect1d(result, rows, assume_unique=True)
-        return result if result is not None else np.zeros(0, dtype=np.int64)
-
-
-class CachedSegment:
-    def __init__(self, loaded: LoadedSegment) -> None:
-        self.loaded = loaded
-        self.filters = FilterIndex(loaded.header.metadata)
-
-
-class SegmentCache:
-    """Segments on local disk, bounded by bytes, least recently used evicted.
-
-    Concurrent requests for one segment share one download; downloads of
-    different segments run in parallel. An evicted segment's files are unlinked,
-    which is safe while a query still maps them.
-    """
-
-    def __init__(self, store: ObjectStore, cache_dir: Path, max_bytes: int, threads: int) -> None:
-        self.store = store
-        self.cache_dir = Path(cache_dir)
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, CachedSegment] = OrderedDict()
-        self._inflight: dict[str, Future[CachedSegment]] = {}
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="brainy-download")
-        self.hits = 0
-        self.misses = 0
-
-    def get_many(self, refs: list[SegmentRef]) -> list[CachedSegment]:
-        futures: list[Future[CachedSegment]] = []
-        with self._lock:
-            for ref in refs:
-                entry = self._entries.get(ref.id)
-                if entry is not None:
-                    self._entries.move_to_end(ref.id)
-                    self.hits += 1
-                    done: Future[CachedSegment] = Future()
-                    done.set_result(entry)
-                    futures.append(done)
-                    continue
-                self.misses += 1
-                fut = self._inflight.get(ref.id)
-                if fut is None:
-                    fut = self._pool.submit(self._load, ref)
-                    self._inflight[ref.id] = fut
-                futures.append(fut)
-        result = [f.result() for f in futures]
-        self._evict(keep={ref.id for ref in refs})
-        return result
-
-    def _load(self, ref: SegmentRef) -> CachedSegment:
-        try:
-            entry = CachedSegment(load_segment(self.store, ref.key, ref.id, self.cache_dir))
-            with self._lock:
-                self._entries[ref.id] = entry
-            return entry
-        finally:
-            with self._lock:
-                self._inflight.pop(ref.id, None)
-
-    def _evict(self, keep: set[str]) -> None:
-        with self._lock:
-            total = sum(e.loaded.size for e in self._entries.values())
-            for sid in list(self._entries):
-                if total <= self.max_bytes:
-                    break
-                if sid in keep:
-                    continue
-                entry = self._entries.pop(sid)
-                total -= entry.loaded.size
-                for suffix in (".ann", ".json"):
-                    (self.cache_dir / f"{sid}{suffix}").unlink(missing_ok=True)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def search_segment(

@@ -28,6 +28,7 @@ from brainy.core.errors import Forbidden, InvalidInput, UnknownCollection
 from brainy.format.batch import WriterClock
 from brainy.maintenance.context import Maintenance
 from brainy.read.search import Searcher, SearchResult
+from brainy.service.clock import ClockCheck
 from brainy.service.maintenance import maintain
 from brainy.service.metrics import Metrics
 from brainy.storage import ObjectStore, StorageError
@@ -46,6 +47,7 @@ from brainy.write.ingest import (
 log = logging.getLogger(__name__)
 
 _QUERY_FIELDS = {"collection", "vector", "text", "k", "filter", "min_version"}
+PROBES_PREFIX = "_brainy/probes/"
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,19 @@ class Brainy:
         self._lock = threading.Lock()
         self._searcher: Searcher | None = None
         self._indexer: Indexer | None = None
-        self.metrics = Metrics(self._cache_hit_ratio)
+        # Only writes carry the local clock into the bucket; a read-only instance
+        # could not write the probe anyway.
+        self.clock_check: ClockCheck | None = None
+        if not settings.read_only:
+            self.clock_check = ClockCheck(
+                store,
+                f"{PROBES_PREFIX}clock-{settings.instance_id}",
+                settings.max_clock_skew,
+                settings.clock_check_interval,
+            )
+        self.metrics = Metrics(
+            self._cache_hit_ratio, self.clock_check.last_measured if self.clock_check else None
+        )
         store.add_observer(self.metrics.count_request)
 
     @classmethod
@@ -82,12 +96,17 @@ class Brainy:
 
         A writing instance on S3 first proves the endpoint honours conditional
         writes: some S3-compatible stores ignore `If-None-Match`, and there a
-        commit would silently overwrite another.
+        commit would silently overwrite another. A writing instance then
+        measures its clock against the store's (a skewed one starts, reports it
+        in `/health`, and refuses writes).
         """
         settings, store = load_settings(env, role=role)
         if store.scheme == "s3" and not settings.read_only:
-            store.check_conditional_writes(f"_brainy/probes/{settings.instance_id}")
-        return cls(settings, store)
+            store.check_conditional_writes(f"{PROBES_PREFIX}{settings.instance_id}")
+        app = cls(settings, store)
+        if app.clock_check is not None:
+            app.clock_check.skew()
+        return app
 
     # ------------------------------------------------------------ collections
 
@@ -133,7 +152,12 @@ class Brainy:
         return dict(self._collections)
 
     def manifests(self, name: str) -> Manifests:
-        return Manifests(self.store, name, gc_grace=self.settings.gc_grace)
+        return Manifests(
+            self.store,
+            name,
+            gc_grace=self.settings.gc_grace,
+            clock_margin=self.settings.max_clock_skew,
+        )
 
     # ----------------------------------------------------------------- ingest
 
@@ -145,6 +169,7 @@ class Brainy:
         started = time.perf_counter()
         key = check_idempotency_key(idempotency_key)
         request = validate(payload, self.settings, self.schema)
+        self._require_clock()
         outcome = write_batch(self.store, request, self.writer_id, self.clock, key)
         self.metrics.ingest_seconds.observe(time.perf_counter() - started)
         self.metrics.records_ingested.inc(outcome.accepted + outcome.deleted)
@@ -181,6 +206,7 @@ class Brainy:
 
     def index_objects(self, objects: list[ObjectCreated]) -> list[IndexResult]:
         """Index every batch the events name; other objects are acknowledged."""
+        self._require_clock()
         results = []
         for obj in objects:
             key = self.store.key_from_event(obj.bucket, obj.key)
@@ -193,7 +219,17 @@ class Brainy:
         return results
 
     def index_key(self, key: str) -> IndexResult:
+        self._require_clock()
         return self.indexer.index(key)
+
+    def _require_clock(self) -> None:
+        """Refuse to write while the clock is too far from the store's.
+
+        Raises:
+            ClockSkewed: naming the measured skew and the limit.
+        """
+        if self.clock_check is not None:
+            self.clock_check.require_within_bounds()
 
     # ----------------------------------------------------------------- search
 
@@ -276,6 +312,7 @@ class Brainy:
         """Sweep, compact, collect garbage and verify one collection, or all of them."""
         if self.settings.read_only:
             raise Forbidden("mode", "a read-only instance cannot compact")
+        self._require_clock()
         names = [collection] if collection else sorted(self.collections())
         return [maintain(self.maintenance, name, force=force) for name in names]
 
@@ -289,7 +326,8 @@ class Brainy:
         return {"collection": name, "schema": schema.to_dict(), **stats}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Liveness and readiness: storage reachable, config loaded, manifests readable."""
+        """Liveness and readiness: storage reachable, config loaded, manifests
+        readable, and for a writing instance its clock close to the store's."""
         checks: dict[str, Any] = {}
         try:
             self.store.exists(CONFIG_KEY)
@@ -310,6 +348,8 @@ class Brainy:
             except (StorageError, ValueError) as e:
                 manifests[name] = {"ok": False, "error": str(e)}
         checks["manifests"] = {"ok": all(v["ok"] for v in manifests.values()), **manifests}
+        if self.clock_check is not None:
+            checks["clock"] = self.clock_check.health()
         ok = all(c["ok"] for c in checks.values())
         return ok, {
             "status": "ok" if ok else "degraded",

@@ -13,7 +13,11 @@ class Metrics:
     """One registry per instance, so tests and several instances in one process
     do not share counters."""
 
-    def __init__(self, cache_hit_ratio: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        cache_hit_ratio: Callable[[], float] | None = None,
+        clock_skew: Callable[[], float] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.search_seconds = Histogram(
             "brainy_search_seconds", "Search latency", registry=self.registry,
@@ -43,6 +47,13 @@ class Metrics:
         )  # fmt: skip
         if cache_hit_ratio is not None:
             self.cache_hit_ratio.set_function(cache_hit_ratio)
+        self.clock_skew = Gauge(
+            "brainy_clock_skew_seconds",
+            "Local clock minus the object store's, as last measured (NaN: not measured;"
+            " only writing instances measure)",
+            registry=self.registry,
+        )
+        self.clock_skew.set_function(clock_skew or (lambda: float("nan")))
 
     def count_request(self, kind: str) -> None:
         self.store_requests.labels(kind=kind).inc()

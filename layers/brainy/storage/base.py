@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -93,6 +94,10 @@ def retry_transient(fn: Callable[[], T], policy: RetryPolicy) -> T:
 
 # The request kinds counted per store, also the label values of the metrics.
 REQUEST_KINDS = ("get", "head", "put", "delete", "list", "download", "upload")
+
+# S3 reports modification times in whole seconds (HTTP dates), truncated: an object
+# stamped `modified` was written at some time in [modified, modified + this).
+MODIFIED_RESOLUTION = 1.0
 
 
 class ObjectStore(ABC):
@@ -209,7 +214,14 @@ class ObjectStore(ABC):
 
         Some S3-compatible stores ignore `If-None-Match`; on them a commit could
         silently overwrite another, so Brainy refuses to run there.
+
+        Args:
+            probe_key: where to probe. A unique suffix is added: probes that run at
+                once (two cold starts of one function share an instance id) must
+                not delete each other's object, or one would see its put-if-absent
+                succeed and take an honest store for a broken one.
         """
+        probe_key = _unique(probe_key)
         self.put(probe_key, b"probe", if_absent=False)
         try:
             self.put(probe_key, b"probe-2", if_absent=True)
@@ -221,6 +233,37 @@ class ObjectStore(ABC):
             f"{self.url} accepted a put-if-absent over an existing object ({probe_key}); "
             "conditional writes are required"
         )
+
+    def measure_clock_skew(self, probe_key: str) -> float:
+        """Seconds by which the local clock is ahead of the store's (negative: behind).
+
+        Writes a small object, reads back when the store says it was written, and
+        deletes it. The store's time is the interval its timestamp stands for,
+        `[modified, modified + MODIFIED_RESOLUTION)`; the local time is the interval
+        from just before the put to its answer. The skew is the gap between the two
+        intervals, 0 when they overlap: so a store that keeps time by the local
+        clock (a folder, memory) measures 0.
+
+        Args:
+            probe_key: where to write the probe; a unique suffix is added.
+
+        Raises:
+            ReadOnlyStore: on a read-only store.
+            StorageError: when the store fails.
+        """
+        probe_key = _unique(probe_key)
+        before = time.time()
+        self.put(probe_key, b"clock")
+        after = time.time()
+        try:
+            written = self.head(probe_key).modified
+        finally:
+            self.delete(probe_key)
+        if before > written + MODIFIED_RESOLUTION:
+            return before - (written + MODIFIED_RESOLUTION)
+        if written > after:
+            return after - written
+        return 0.0
 
     def key_from_event(self, bucket: str, key: str) -> str | None:
         """The store key an event's (bucket, object name) refers to, or None when the
@@ -286,6 +329,11 @@ class ObjectStore(ABC):
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "read-write"
         return f"<{type(self).__name__} {self.url} {mode}>"
+
+
+def _unique(key: str) -> str:
+    """`key` made unique to this call, for probe objects that must never collide."""
+    return f"{key}-{uuid.uuid4().hex}"
 
 
 def join_key(*parts: str) -> str:

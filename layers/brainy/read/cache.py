@@ -1,0 +1,118 @@
+"""The segment cache of the search path (DESIGN §9): segments on local disk, bounded
+by bytes, least recently used evicted, downloads shared and run in parallel."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from brainy.format.segment import LoadedSegment, load_segment
+from brainy.read.filters import FilterIndex
+from brainy.storage import ObjectStore
+from brainy.table.manifest import SegmentRef
+
+
+class CachedSegment:
+    """A loaded segment and the filter index built over its metadata."""
+
+    def __init__(self, loaded: LoadedSegment) -> None:
+        self.loaded = loaded
+        self.filters = FilterIndex(loaded.header.metadata)
+
+
+class SegmentCache:
+    """Segments on local disk, bounded by bytes, least recently used evicted.
+
+    Concurrent requests for one segment share one download; downloads of
+    different segments run in parallel.
+
+    An evicted segment's files are unlinked at once, even while other queries
+    still search it: a `LoadedSegment` maps its file when it is opened and never
+    opens it by name again, and a mapping outlives the name. Its disk space comes
+    back when the last query drops it. Files are unlinked under the lock, and a
+    download of the same segment can only start under that lock once its entry
+    is gone, so an unlink never removes a file a new download has just written.
+
+    Args:
+        store: where segments are downloaded from.
+        cache_dir: the folder holding `<id>.ann` and `<id>.json` per segment.
+        max_bytes: the budget; a lookup may exceed it by the segments it needs.
+        threads: parallel downloads.
+    """
+
+    def __init__(self, store: ObjectStore, cache_dir: Path, max_bytes: int, threads: int) -> None:
+        self.store = store
+        self.cache_dir = Path(cache_dir)
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, CachedSegment] = OrderedDict()
+        # The sum of the entries' sizes, kept as they come and go, so a lookup
+        # within budget costs nothing however many segments are cached.
+        self._bytes = 0
+        self._inflight: dict[str, Future[CachedSegment]] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="brainy-download")
+        self.hits = 0
+        self.misses = 0
+
+    def get_many(self, refs: list[SegmentRef]) -> list[CachedSegment]:
+        """The segments `refs` name, downloading (in parallel) those not cached.
+
+        Raises:
+            StorageError: a download failed.
+            CorruptSegment: a segment fails its checksum.
+        """
+        futures: list[Future[CachedSegment]] = []
+        with self._lock:
+            for ref in refs:
+                entry = self._entries.get(ref.id)
+                if entry is not None:
+                    self._entries.move_to_end(ref.id)
+                    self.hits += 1
+                    done: Future[CachedSegment] = Future()
+                    done.set_result(entry)
+                    futures.append(done)
+                    continue
+                self.misses += 1
+                fut = self._inflight.get(ref.id)
+                if fut is None:
+                    fut = self._pool.submit(self._load, ref)
+                    self._inflight[ref.id] = fut
+                futures.append(fut)
+        result = [f.result() for f in futures]
+        self._evict(keep={ref.id for ref in refs})
+        return result
+
+    def _load(self, ref: SegmentRef) -> CachedSegment:
+        try:
+            entry = CachedSegment(load_segment(self.store, ref.key, ref.id, self.cache_dir))
+            with self._lock:
+                old = self._entries.pop(ref.id, None)
+                if old is not None:
+                    self._bytes -= old.loaded.size
+                self._entries[ref.id] = entry
+                self._bytes += entry.loaded.size
+            return entry
+        finally:
+            with self._lock:
+                self._inflight.pop(ref.id, None)
+
+    def _evict(self, keep: set[str]) -> None:
+        with self._lock:
+            excess = self._bytes - self.max_bytes
+            victims: list[str] = []
+            # Least recently used first; what a lookup keeps sits at the other end.
+            for sid, entry in self._entries.items():
+                if excess <= 0:
+                    break
+                if sid not in keep:
+                    victims.append(sid)
+                    excess -= entry.loaded.size
+            for sid in victims:
+                self._bytes -= self._entries.pop(sid).loaded.size
+                for suffix in (".ann", ".json"):
+                    (self.cache_dir / f"{sid}{suffix}").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,56 @@
+"""The segment cache under pressure: a cache far smaller than what concurrent queries
+need keeps evicting segments other queries are still searching, and every query
+must still answer, and answer right."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from helpers import declare, make_app
+
+COLLECTIONS = ("exact-a", "exact-b", "approx")
+SEGMENTS = 4  # per collection: one per indexed batch
+ROWS = 40
+DIM = 16
+QUERIES = 240
+
+
+def test_eviction_never_breaks_a_running_query(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    rng = np.random.default_rng(11)
+    vectors = rng.standard_normal((len(COLLECTIONS), SEGMENTS, ROWS, DIM)).astype(np.float32)
+    writer = make_app(url, tmp_path)
+    for c, name in enumerate(COLLECTIONS):
+        # Both search paths read the mapped index: exact via the vectors, approximate
+        # via Annoy and then the vectors of its candidates.
+        declare(writer, name=name, dimension=DIM, exact_threshold=0 if name == "approx" else 10**4)
+        for s in range(SEGMENTS):
+            records = [
+                {"id": f"{name}-{s}-{i}", "vector": vectors[c, s, i].tolist()} for i in range(ROWS)
+            ]
+            writer.index_key(writer.ingest({"collection": name, "records": records}).batch)
+
+    # One byte: every lookup evicts every segment its own query does not need.
+    reader = make_app(url, tmp_path, role="search", BRAINY_CACHE_SIZE="1")
+
+    def ask(n: int) -> tuple[str, str]:
+        c, s, i = n % len(COLLECTIONS), (n // 3) % SEGMENTS, n % ROWS
+        name = COLLECTIONS[c]
+        hits = reader.search({"collection": name, "vector": vectors[c, s, i].tolist(), "k": 3}).hits
+        return hits[0].id, f"{name}-{s}-{i}"
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(ask, range(QUERIES)))
+    assert [found for found, _ in answers] == [expected for _, expected in answers]
+
+    # Once the burst is over, the cache holds what one query needs, nothing more.
+    ask(0)
+    cache_dir = reader.searcher.cache.cache_dir
+    kept = {p.stem for p in cache_dir.iterdir()}
+    needed = {ref.id for ref in reader.manifests(COLLECTIONS[0]).latest().segments}
+    assert kept == needed
+    # An index and a header per segment: no download or split left half-way.
+    assert sorted(p.suffix for p in cache_dir.iterdir()) == sorted([".ann", ".json"] * SEGMENTS)
