@@ -37,7 +37,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
-from brainy.storage import NotFound, ObjectStore, PreconditionFailed
+from brainy.storage import NotFound, ObjectStore
+from brainy.storage.cas import Contention, Current, compare_and_swap
 
 __all__ = [
     "LOCKS_PREFIX",
@@ -62,6 +63,10 @@ _CAS_ATTEMPTS = 5
 
 LeaseState = Literal["held", "expired", "released", "broken", "corrupt"]
 _RecordState = Literal["held", "released", "broken"]
+
+
+class _NotHeld(Exception):
+    """The lock object no longer holds the lease being rewritten."""
 
 
 class LeaseError(Exception):
@@ -380,14 +385,18 @@ class LeaseManager:
             ValueError: on an invalid resource name.
         """
         key = lock_key(resource)
-        for _ in range(_CAS_ATTEMPTS):
-            current = self._read(key)
-            if current is None:
+        before: LeaseInfo | None = None
+
+        def break_it(current: Current) -> bytes | None:
+            nonlocal before
+            before = None
+            if current.data is None:
                 return None
-            record = current.record
+            record = _decode(current.data)
             if record is not None and record.state != "held":
                 return None
             now = self.clock()
+            before = _info(resource, _Current(current.data, current.etag or "", record), now)
             broken = _Record(
                 resource=resource,
                 token=record.token if record else 0,
@@ -399,10 +408,15 @@ class LeaseManager:
                 updated_at=now,
                 updated_by=self.owner,
             )
-            if self._put(key, broken.encode(), if_match=current.etag) is not None:
-                log.warning("lease %s broken by %s", resource, self.owner)
-                return _info(resource, current, now)
-        raise LeaseError(f"break {key}: the lock object kept changing; try again")
+            return broken.encode()
+
+        try:
+            compare_and_swap(self.store, key, break_it, attempts=_CAS_ATTEMPTS)
+        except Contention:
+            raise LeaseError(f"break {key}: the lock object kept changing; try again") from None
+        if before is not None:
+            log.warning("lease %s broken by %s", resource, self.owner)
+        return before
 
     # ----------------------------------------------------------------- helpers
 
@@ -434,13 +448,20 @@ class LeaseManager:
             expires_at=now + self.ttl,
             etag="",
         )
-        etag = self._put(
-            key,
-            self._record(lease, "held", now).encode(),
-            if_match=current.etag if current is not None else None,
-        )
-        if etag is None:
-            raise LeaseBusy(f"lease {resource}: another owner acquired it first")
+        data = self._record(lease, "held", now).encode()
+        seen = current.etag if current is not None else None
+
+        def claim(found: Current) -> bytes | None:
+            if found.etag != seen:
+                raise LeaseBusy(f"lease {resource}: another owner acquired it first")
+            return data
+
+        start = Current(current.data, current.etag) if current is not None else Current(None, None)
+        try:
+            etag = compare_and_swap(self.store, key, claim, attempts=2, current=start).etag
+        except Contention:
+            raise LeaseBusy(f"lease {resource}: another owner acquired it first") from None
+        assert etag is not None
         return replace(lease, etag=etag)
 
     def _rewrite(self, lease: Lease, record: _Record) -> str | None:
@@ -451,31 +472,24 @@ class LeaseManager:
         """
         key = lock_key(lease.resource)
         data = record.encode()
-        etag = lease.etag
-        for _ in range(_CAS_ATTEMPTS):
-            try:
-                return self.store.put(key, data, if_match=etag)
-            except PreconditionFailed:
-                current = self._read(key)
-                if current is not None and current.data == data:
-                    return current.etag
-                if current is None or current.record is None or not current.record.holds(lease):
-                    return None
-                # Another copy of this same lease renewed it; ours is still the holder.
-                etag = current.etag
-        raise LeaseError(f"update {key}: the lock object kept changing under lease {lease.token}")
 
-    def _put(self, key: str, data: bytes, *, if_match: str | None) -> str | None:
-        """Create (if_match None) or CAS the lock object; its ETag, or None if the race was lost."""
+        def rewrite(current: Current) -> bytes | None:
+            if current.data == data:
+                return None  # this same write, landed by an earlier attempt
+            found = _decode(current.data) if current.data is not None else None
+            if found is None or not found.holds(lease):
+                raise _NotHeld
+            # Held by this lease (another copy of it may have renewed it meanwhile).
+            return data
+
         try:
-            if if_match is None:
-                return self.store.put(key, data, if_absent=True)
-            return self.store.put(key, data, if_match=if_match)
-        except PreconditionFailed:
-            # A request retried after a transient failure may have landed the
-            # first time and lost to itself the second.
-            current = self._read(key)
-            return current.etag if current is not None and current.data == data else None
+            return compare_and_swap(self.store, key, rewrite, attempts=_CAS_ATTEMPTS).etag
+        except _NotHeld:
+            return None
+        except Contention:
+            raise LeaseError(
+                f"update {key}: the lock object kept changing under lease {lease.token}"
+            ) from None
 
     def _read(self, key: str) -> _Current | None:
         try:
