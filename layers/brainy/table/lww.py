@@ -63,15 +63,31 @@ def copies_of(ref: SegmentRef, headers: HeaderCache, masks: Masks) -> Iterable[t
         yield rid, Copy((ts, writer), ref.id, TOMBSTONE)
 
 
+def every_copy(ref: SegmentRef, headers: HeaderCache) -> Iterable[tuple[str, Copy]]:
+    """(id, copy) for every row, masked or not, and every tombstone of a segment."""
+    header = headers.get(ref)
+    ids, writers = header.ids, header.writers
+    for row, ts in enumerate(header.timestamps.tolist()):
+        yield ids[row], Copy((ts, writers[row]), ref.id, row)
+    dead = header.tombstones
+    for rid, ts, writer in zip(dead.ids, dead.timestamps.tolist(), dead.writers, strict=True):
+        yield rid, Copy((ts, writer), ref.id, TOMBSTONE)
+
+
 class LiveIndex:
     """id → the newest copy in a manifest, kept in step with successive manifests
-    by applying only what changed between them (segments added or removed, rows
-    newly masked), so an indexer commit costs the size of the change, not of the
-    collection. Hold `lock` while using the mapping `at` returns."""
+    by applying only the segments added and removed between them, so an indexer
+    commit costs the size of the change, not of the collection. Hold `lock` while
+    using the mapping `at` returns.
 
-    def __init__(self, headers: HeaderCache, masks: Masks) -> None:
+    It reads segment headers only, never deletion files: the newest copy of an id
+    is never masked (a row is masked only because a newer copy exists, and
+    compaction keeps every unmasked row), so the newest copy over all rows,
+    masked or not, is the newest live one.
+    """
+
+    def __init__(self, headers: HeaderCache) -> None:
         self.headers = headers
-        self.masks = masks
         self.lock = threading.RLock()
         self._newest: dict[str, Copy] = {}
         self._refs: dict[str, SegmentRef] = {}
@@ -80,27 +96,15 @@ class LiveIndex:
         with self.lock:
             target = {ref.id: ref for ref in manifest.segments}
             newest = self._newest
-            for sid, old in self._refs.items():
-                new = target.get(sid)
-                if new is None:
-                    for rid, copy in copies_of(old, self.headers, self.masks):
-                        if newest.get(rid) == copy:
-                            del newest[rid]
-                elif new.deletes != old.deletes:
-                    before, after = self.masks.rows(old), self.masks.rows(new)
-                    if not np.isin(before, after, assume_unique=True).all():
-                        # Masks only grow; anything else (a repair) is rebuilt.
-                        self._refs, self._newest = {}, {}
-                        return self.at(manifest)
-                    ids = self.headers.get(old).ids
-                    for row in np.setdiff1d(after, before, assume_unique=True).tolist():
-                        copy = newest.get(ids[row])
-                        if copy is not None and copy.segment == sid and copy.row == row:
-                            del newest[ids[row]]
-            self.headers.forget(set(self._refs) - set(target))
+            gone = [ref for sid, ref in self._refs.items() if sid not in target]
+            for ref in gone:
+                for rid, copy in every_copy(ref, self.headers):
+                    if newest.get(rid) == copy:
+                        del newest[rid]
+            self.headers.forget({ref.id for ref in gone})
             for sid, ref in target.items():
                 if sid not in self._refs:
-                    for rid, copy in copies_of(ref, self.headers, self.masks):
+                    for rid, copy in every_copy(ref, self.headers):
                         current = newest.get(rid)
                         if current is None or current.order < copy.order:
                             newest[rid] = copy

@@ -127,7 +127,7 @@ class Indexer:
     def live_index(self, collection: str) -> LiveIndex:
         index = self._live.get(collection)
         if index is None:
-            index = self._live.setdefault(collection, LiveIndex(self.headers, self.masks))
+            index = self._live.setdefault(collection, LiveIndex(self.headers))
         return index
 
     def index(self, key: str) -> IndexResult:
