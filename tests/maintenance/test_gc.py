@@ -20,7 +20,7 @@ from brainy.maintenance.sweeper import sweep
 from brainy.maintenance.verify import verify
 from brainy.service.app import Brainy
 from brainy.storage import NotFound, ObjectStore
-from brainy.table.manifest import Manifest
+from brainy.table.manifest import Manifest, VersionCache
 from brainy.write.indexer import build_batch_segment, last_per_id
 from brainy.write.quarantine import quarantine_key
 from helpers import declare, live_state, make_app, model_of, random_vectors
@@ -245,3 +245,19 @@ def test_report_is_json(tmp_path: Path):
     scene = _scene(f"memory://gc-json-{time.time_ns()}", tmp_path)
     report = _gc(scene, after=RETENTION * 5, dry_run=True)
     assert json.loads(json.dumps(report.to_dict()))["dry_run"] is True
+
+
+def test_a_warm_collector_reads_each_retained_version_once(tmp_path: Path):
+    """Versions are immutable: the compactor's GC, run every pass over the whole
+    retention window, fetches a version only the first time it sees it."""
+    scene = _scene(f"memory://gc-cache-{time.time_ns()}", tmp_path)
+    store = scene.app.store
+    cache = VersionCache()
+    settings = replace(scene.app.settings, retention=RETENTION, gc_grace=GRACE)
+    first_gets = store.requests["get"]
+    first = collect_garbage(store, "docs", settings, cache=cache, dry_run=True)
+    assert store.requests["get"] - first_gets >= len(first.retained) > 1
+    second_gets = store.requests["get"]
+    second = collect_garbage(store, "docs", settings, cache=cache, dry_run=True)
+    assert second.retained == first.retained
+    assert store.requests["get"] == second_gets  # not one version fetched again

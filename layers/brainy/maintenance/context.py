@@ -15,7 +15,7 @@ from brainy.core.errors import UnknownCollection
 from brainy.storage import ObjectStore
 from brainy.table.deletions import Masks
 from brainy.table.headers import HeaderCache
-from brainy.table.manifest import Manifests
+from brainy.table.manifest import Manifests, VersionCache
 from brainy.write.indexer import IndexResult
 
 
@@ -34,6 +34,8 @@ class Maintenance:
             grace period and clock margin.
         masks: deletion files, cached.
         headers: segment headers, cached.
+        versions: manifest versions, decoded once (garbage collection rereads the
+            retention window every pass).
     """
 
     store: ObjectStore
@@ -44,6 +46,7 @@ class Maintenance:
     manifests_of: Callable[[str], Manifests]
     masks: Masks
     headers: HeaderCache
+    versions: VersionCache
 
     def require_schema(self, name: str) -> CollectionSchema:
         schema = self.schema_of(name)

@@ -50,7 +50,7 @@ from typing import Any
 from brainy.core.config import Settings, validate_name
 from brainy.format.batch import WAL, collection_of_batch
 from brainy.storage import NotFound, ObjectInfo, ObjectStore, PreconditionFailed, StorageError
-from brainy.table.manifest import Manifest, Manifests
+from brainy.table.manifest import Manifest, Manifests, VersionCache
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +100,16 @@ class GCReport:
         return asdict(self)
 
 
-def retained_versions(manifests: Manifests, versions: list[int], cutoff: float) -> list[Manifest]:
+def retained_versions(
+    manifests: Manifests, versions: list[int], cutoff: float, cache: VersionCache | None = None
+) -> list[Manifest]:
     """The retained versions, newest first: down to and including the first one
-    created before `cutoff` (the version current at the start of the window)."""
+    created before `cutoff` (the version current at the start of the window).
+    `versions` is a listing, so every version in it was there when listed."""
     retained: list[Manifest] = []
     for version in reversed(versions):
         try:
-            manifest = manifests.load(version)
+            manifest = cache.load(manifests, version) if cache else manifests.load(version)
         except NotFound:
             # Another collector deleted it, so it is older than its window: stop.
             break
@@ -132,6 +135,7 @@ def collect_garbage(
     *,
     now: float | None = None,
     dry_run: bool = False,
+    cache: VersionCache | None = None,
 ) -> GCReport:
     """Delete what no retained manifest version of `collection` needs (rules above).
 
@@ -142,6 +146,8 @@ def collect_garbage(
         now: the instant ages are measured from (defaults to the clock; tests pass
             a later one instead of waiting).
         dry_run: list what would be deleted, delete nothing.
+        cache: versions decoded by earlier runs in this process (each version in
+            the retention window is then fetched once, not once a run).
 
     Returns:
         The keys deleted (or to delete) and the versions retained.
@@ -157,7 +163,7 @@ def collect_garbage(
     # commit references is younger than the grace (see the module doc), so kept.
     versions = manifests.versions()
     cutoff = now - max(settings.retention, settings.gc_grace)
-    retained = retained_versions(manifests, versions, cutoff)
+    retained = retained_versions(manifests, versions, cutoff, cache)
     if versions and not retained:
         # Without the newest version every segment would look unreferenced.
         raise StorageError(f"{collection}: version {versions[-1]} is listed but cannot be read")

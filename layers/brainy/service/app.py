@@ -32,7 +32,7 @@ from brainy.service.clock import ClockCheck
 from brainy.service.maintenance import maintain
 from brainy.service.metrics import Metrics
 from brainy.storage import ObjectStore, StorageError
-from brainy.table.manifest import Manifest, Manifests
+from brainy.table.manifest import Manifest, Manifests, VersionCache
 from brainy.write.events import ObjectCreated
 from brainy.write.indexer import Indexer, IndexResult
 from brainy.write.ingest import (
@@ -75,6 +75,7 @@ class Brainy:
         self._lock = threading.Lock()
         self._searcher: Searcher | None = None
         self._indexer: Indexer | None = None
+        self._versions = VersionCache()
         # Only writes carry the local clock into the bucket; a read-only instance
         # could not write the probe anyway.
         self.clock_check: ClockCheck | None = None
@@ -202,6 +203,7 @@ class Brainy:
             manifests_of=self.manifests,
             masks=indexer.masks,
             headers=indexer.headers,
+            versions=self._versions,
         )
 
     def index_objects(self, objects: list[ObjectCreated]) -> list[IndexResult]:

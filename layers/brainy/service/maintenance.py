@@ -25,7 +25,9 @@ def maintain(ctx: Maintenance, collection: str, *, force: bool = False, deep: bo
     ctx.require_schema(collection)
     report: dict[str, Any] = {"collection": collection}
     report["compaction"] = compact(ctx, collection, force=force).to_dict()
-    report["gc"] = collect_garbage(ctx.store, collection, ctx.settings).to_dict()
+    report["gc"] = collect_garbage(
+        ctx.store, collection, ctx.settings, cache=ctx.versions
+    ).to_dict()
     checked = verify(ctx.store, collection, deep=deep)
     if not checked.ok:
         report["repair"] = repair(ctx, collection, checked).to_dict()

@@ -44,6 +44,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -220,6 +221,32 @@ class Manifest:
             commit_id=d.get("commit_id", ""),
             lease_token=d.get("lease_token"),
         )
+
+
+class VersionCache:
+    """Decoded manifest versions by (collection, version), least recently used
+    evicted: versions are immutable, so a process that reads the same versions
+    again (the compactor's GC, every pass) fetches each one once."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, int], Manifest] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def load(self, manifests: Manifests, version: int) -> Manifest:
+        """`manifests.load(version)`, from the cache when it was read before."""
+        key = (manifests.collection, version)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found
+        manifest = manifests.load(version)
+        with self._lock:
+            self._entries[key] = manifest
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return manifest
 
 
 def empty_manifest(collection: str, schema: dict[str, Any]) -> Manifest:
