@@ -28,11 +28,11 @@ import struct
 import tempfile
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import xxhash
@@ -45,6 +45,8 @@ _PREFIX_LEN = len(MAGIC) + 16 + 8
 _HEADER_PROBE = 256 * 1024
 # Byte offset of the vector inside an Annoy node, and the node size minus the vector.
 _ANNOY_LAYOUT = {"angular": (12, 12), "euclidean": (16, 16), "dot": (16, 16)}
+# Vectors move between files in pieces of about this size (one reusable buffer).
+CHUNK_BYTES = 4 << 20
 
 
 class CorruptSegment(ValueError):
@@ -73,6 +75,17 @@ class Tombstones:
 
 
 @dataclass(frozen=True)
+class VectorChunks:
+    """Vectors handed to a build a chunk at a time, so that a merge never holds all
+    the vectors of a segment in memory: `count` rows of `dimension` float32 in all,
+    in row order, in pieces of any size. Read once."""
+
+    dimension: int
+    count: int
+    chunks: Iterable[np.ndarray]
+
+
+@dataclass(frozen=True)
 class SegmentRows:
     """The rows a segment is built from, and its tombstones."""
 
@@ -80,7 +93,7 @@ class SegmentRows:
     timestamps: np.ndarray
     writers: Sequence[str]
     metadata: Sequence[dict | None]
-    vectors: np.ndarray
+    vectors: np.ndarray | VectorChunks
     tombstones: Tombstones = field(default_factory=Tombstones)
 
     def __len__(self) -> int:
@@ -101,13 +114,20 @@ class BuiltSegment:
 def build_segment(
     rows: SegmentRows, *, metric: str, n_trees: int, seed: int, workdir: Path
 ) -> BuiltSegment:
-    """Build a segment file in `workdir` (rows or tombstones must be non-empty)."""
+    """Build a segment file in `workdir` (rows or tombstones must be non-empty).
+
+    Memory: the index is built in its file (`on_disk_build`) from vectors streamed
+    in chunks, so beyond the rows' ids and metadata a build holds about the size
+    of the Annoy file resident (its pages, while Annoy builds the trees), not the
+    vectors again on top.
+    """
     n = len(rows.ids)
-    dim = int(rows.vectors.shape[1]) if rows.vectors.ndim == 2 else 0
-    if n != rows.vectors.shape[0] or (n == 0 and not len(rows.tombstones)):
-        raise ValueError(f"build_segment: {rows.vectors.shape[0]} vectors for {n} ids")
+    vectors = _as_chunks(rows.vectors)
+    if n != vectors.count or (n == 0 and not len(rows.tombstones)):
+        raise ValueError(f"build_segment: {vectors.count} vectors for {n} ids")
+    dim = vectors.dimension
     workdir.mkdir(parents=True, exist_ok=True)
-    ann_path = _build_annoy(rows.vectors, metric, n_trees, seed, workdir) if n else None
+    ann_path = _build_annoy(vectors, metric, n_trees, seed, workdir) if n else None
     dead = rows.tombstones
     header = json.dumps(
         {
@@ -158,21 +178,136 @@ def build_segment(
     )
 
 
-def _build_annoy(vectors: np.ndarray, metric: str, n_trees: int, seed: int, workdir: Path) -> Path:
-    n, dim = vectors.shape
-    index = AnnoyIndex(dim, metric)
-    index.set_seed(seed)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    for i in range(n):
-        index.add_item(i, vectors[i])
-    # Few trees for a tiny segment: it is searched exactly anyway.
-    index.build(n_trees if n > 64 else 1, n_jobs=1)
+def _as_chunks(vectors: np.ndarray | VectorChunks) -> VectorChunks:
+    if isinstance(vectors, VectorChunks):
+        return vectors
+    dim = int(vectors.shape[1]) if vectors.ndim == 2 else 0
+    return VectorChunks(dim, int(vectors.shape[0]), (vectors,))
+
+
+def _build_annoy(
+    vectors: VectorChunks, metric: str, n_trees: int, seed: int, workdir: Path
+) -> Path:
+    """Build the Annoy index of `vectors` in a file of `workdir`.
+
+    Annoy's Python `add_item` takes one vector at a time and reads it element by
+    element (as long as the build itself at 384 dimensions), so the item nodes are
+    written into the file directly, a chunk at a time, in the layout `vectors`
+    reads back: an `add_item` of the last item first sizes Annoy's on-disk node
+    array for every item (the file, mapped shared, sees the writes), then `build`
+    adds the trees after them. The trees are exactly those adding each item would
+    give (see `_store_norms` for the one field that differs).
+    """
+    n, dim = vectors.count, vectors.dimension
     fd, ann_name = tempfile.mkstemp(suffix=".ann", dir=workdir)
     os.close(fd)
     ann_path = Path(ann_name)
-    index.save(str(ann_path))
-    index.unload()
+    index = AnnoyIndex(dim, metric)
+    index.set_seed(seed)
+    try:
+        index.on_disk_build(ann_name)
+        index.add_item(n - 1, [0.0] * dim)
+        last = _write_items(ann_path, vectors, metric)
+        # A cheap proof that Annoy reads what was written under it.
+        if np.asarray(index.get_item_vector(n - 1), "<f4").tobytes() != last.tobytes():
+            raise RuntimeError(f"{ann_path}: Annoy does not see the items written to its file")
+        # Few trees for a tiny segment: it is searched exactly anyway.
+        index.build(n_trees if n > 64 else 1, n_jobs=1)
+        index.unload()
+        if metric == "angular":
+            _store_norms(ann_path, n, dim)
+    except BaseException:
+        index.unload()
+        ann_path.unlink(missing_ok=True)
+        raise
     return ann_path
+
+
+def _node_size(metric: str, dimension: int) -> int:
+    return _ANNOY_LAYOUT[metric][0] + 4 * dimension
+
+
+def _write_items(ann_path: Path, vectors: VectorChunks, metric: str) -> np.ndarray:
+    """Write every vector as an Annoy item node (n_descendants 1, the other fields
+    0, the vector) at the start of `ann_path`; returns the last vector written."""
+    offset = _ANNOY_LAYOUT[metric][0] // 4
+    per = max(1, CHUNK_BYTES // _node_size(metric, vectors.dimension))
+    nodes = np.zeros((per, offset + vectors.dimension), dtype="<i4")
+    nodes[:, 0] = 1
+    values = nodes.view("<f4")[:, offset:]
+    written = size = 0
+    with open(ann_path, "r+b") as out:
+        for chunk in vectors.chunks:
+            for lo in range(0, len(chunk), per):
+                size = len(chunk[lo : lo + per])
+                values[:size] = chunk[lo : lo + per]
+                out.write(nodes[:size].data)
+                written += size
+    if written != vectors.count:
+        raise ValueError(f"build_segment: {written} vectors for {vectors.count} ids")
+    return values[size - 1].copy()
+
+
+def _store_norms(ann_path: Path, count: int, dimension: int) -> None:
+    """Fill in the squared norm an angular item node caches (beside its children).
+
+    `add_item` computes it; without it Annoy computes it again for every distance
+    (a search a third slower). It is written after the build, which computes the
+    same value where the cache is 0, so the trees are exactly those of `add_item`;
+    only this float may differ in its last bits (numpy's sum, not Annoy's).
+    """
+    node = _node_size("angular", dimension)
+    per = max(1, CHUNK_BYTES // node)
+    nodes = np.empty((per, node // 4), dtype="<f4")
+    with open(ann_path, "r+b") as f:
+        for first in range(0, count, per):
+            chunk = nodes[: min(per, count - first)]
+            f.seek(first * node)
+            _read_fully(f, chunk.data, ann_path)
+            values = chunk[:, 3:]
+            chunk[:, 1] = np.einsum("ij,ij->i", values, values)
+            f.seek(first * node)
+            f.write(chunk.data)
+
+
+def _read_fully(f: BinaryIO, into: memoryview, path: Path) -> None:
+    if f.readinto(into) != into.nbytes:
+        raise CorruptSegment(f"{path}: shorter than its rows")
+
+
+def read_rows(
+    path: Path, rows: np.ndarray, dimension: int, *, head: int = 0
+) -> Iterator[np.ndarray]:
+    """The float32 vectors at `rows` (increasing) of a file of fixed-size records
+    (`head` bytes, then the vector), a chunk at a time.
+
+    Read with plain reads into one reusable buffer rather than through a mapping:
+    a mapped page once touched counts in the process's resident memory until it is
+    unmapped, so reading a large segment through its map would hold all of it; the
+    page cache these reads go through is the kernel's to reclaim.
+    """
+    stride = head + 4 * dimension
+    rows = np.asarray(rows, dtype=np.int64)
+    if not rows.size:
+        return
+    per = max(1, CHUNK_BYTES // stride)
+    records = np.empty((per, stride // 4), dtype="<f4")
+    # One read per window of `per` records that holds a selected row.
+    cuts = np.flatnonzero(np.diff(rows // per)) + 1
+    with open(path, "rb") as f:
+        for group in np.split(rows, cuts):
+            first = int(group[0])
+            span = records[: int(group[-1]) - first + 1]
+            f.seek(first * stride)
+            _read_fully(f, span.data, path)
+            yield span[group - first, head // 4 :]
+
+
+def read_vectors(ann_path: Path, metric: str, dimension: int, rows: np.ndarray) -> VectorChunks:
+    """The vectors of `rows` (increasing) of a segment's Annoy file, to stream into a
+    build (see `read_rows`)."""
+    offset, _ = _ANNOY_LAYOUT[metric]
+    return VectorChunks(dimension, len(rows), read_rows(ann_path, rows, dimension, head=offset))
 
 
 def upload_segment(
