@@ -24,11 +24,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pickle
 import shutil
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +42,14 @@ from brainy.format.partitioning import hash_partitions
 from brainy.format.segment import (
     BuiltSegment,
     LoadedSegment,
+    SegmentHeader,
     SegmentRows,
     Tombstones,
+    VectorChunks,
     build_segment,
     load_segment,
+    read_rows,
+    read_vectors,
     upload_segment,
 )
 from brainy.maintenance.context import Maintenance
@@ -153,113 +160,269 @@ def _dirty(ref: SegmentRef, force: bool, floor: int) -> bool:
     return bool(ref.tombstones) and ref.min_ts < floor and (force or ref.live == 0)
 
 
+class _RowMap:
+    """Where the rows of one input went in one output: input row `rows[j]` became
+    output row `start + j`; any other row was not taken. Indexed like the array of
+    output rows (-1: not taken) it stands for, at 8 bytes per row taken rather than
+    per input row: every output of a merge has one for every level-0 input."""
+
+    def __init__(self, rows: np.ndarray, start: int) -> None:
+        self.rows = rows
+        self.start = start
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        at = np.searchsorted(self.rows, rows)
+        taken = at < self.rows.size
+        taken[taken] = self.rows[at[taken]] == rows[taken]
+        return np.where(taken, self.start + at, -1)
+
+
 @dataclass
 class _Output:
     plan: OutputPlan
     built: BuiltSegment | None
-    # Per input segment id: each input row's row in the output (-1: not taken),
-    # for re-masking rows masked while the merge was built.
-    row_of: dict[str, np.ndarray]
+    # Per input segment id: where its rows went in the output, for re-masking rows
+    # masked while the merge was built.
+    row_of: dict[str, _RowMap]
     tombstones_in: int = 0
 
 
+@dataclass(frozen=True)
+class _Part:
+    """What one input gives one output: its rows live at the base (increasing row
+    numbers) with their columns, its tombstones kept, and the rows' vectors, read
+    only when the build streams them."""
+
+    rows: np.ndarray
+    ids: list[str]
+    timestamps: np.ndarray
+    writers: list[str]
+    metadata: list[Any]
+    dead: Tombstones
+    tombstones_in: int  # the input's tombstones in the output's partition, kept or not
+    vectors: Iterable[np.ndarray] = ()
+
+
+_NOTHING = _Part(np.zeros(0, np.int64), [], np.zeros(0, np.int64), [], [], Tombstones(), 0)
+
+
+def _pick(values: Sequence[Any], rows: np.ndarray) -> list[Any]:
+    if rows.size == len(values):
+        return list(values)
+    return [values[r] for r in rows.tolist()]
+
+
+def _part(
+    header: SegmentHeader, rows: np.ndarray, dead_rows: np.ndarray, tombstones_in: int
+) -> _Part:
+    dead = header.tombstones
+    return _Part(
+        rows=rows,
+        ids=_pick(header.ids, rows),
+        timestamps=header.timestamps[rows],
+        writers=_pick(header.writers, rows),
+        metadata=_pick(header.metadata, rows),
+        dead=Tombstones(
+            _pick(dead.ids, dead_rows), dead.timestamps[dead_rows], _pick(dead.writers, dead_rows)
+        ),
+        tombstones_in=tombstones_in,
+    )
+
+
+def _unmasked(ref: SegmentRef, count: int, masks: Masks) -> np.ndarray:
+    live = np.ones(count, dtype=bool)
+    live[masks.rows(ref)] = False
+    return live
+
+
+class _Staged:
+    """The live level-0 rows of a merge with several outputs, split by partition on
+    local disk: each level-0 input is read once, not once per output, and none is
+    held in memory. Per partition, a file of vectors (float32 rows) and a file of
+    pickled parts (the columns each input gives it)."""
+
+    def __init__(self, folder: Path, schema: CollectionSchema) -> None:
+        self.folder = folder
+        self.schema = schema
+        self._rows: dict[int, int] = {}  # vectors written per partition
+        self._parts: tuple[int, dict[str, _Part]] | None = None
+
+    def _file(self, partition: int, kind: str) -> Path:
+        return self.folder / f"{partition}.{kind}"
+
+    def add(self, ref: SegmentRef, segment: LoadedSegment, masks: Masks, floor: int) -> None:
+        """Split one level-0 input's live rows and kept tombstones by partition."""
+        header = segment.header
+        n, seed = self.schema.partitions, self.schema.seed
+        rows = np.flatnonzero(_unmasked(ref, header.count, masks))
+        row_parts = hash_partitions(_pick(header.ids, rows), n, seed)
+        vectors = read_vectors(segment.ann_path, header.metric, header.dimension, rows).chunks
+        done = 0
+        for chunk in vectors:
+            parts = row_parts[done : done + len(chunk)]
+            done += len(chunk)
+            order = np.argsort(parts, kind="stable")
+            present, starts = np.unique(parts[order], return_index=True)
+            for p, lo, hi in zip(
+                present.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)], strict=True
+            ):
+                with open(self._file(p, "f32"), "ab") as out:
+                    out.write(chunk[order[lo:hi]].data)
+        dead = header.tombstones
+        dead_parts = hash_partitions(dead.ids, n, seed)
+        keep_dead = dead.timestamps >= floor
+        for p in np.union1d(row_parts, dead_parts).tolist():
+            taken = rows[row_parts == p]
+            part = _part(
+                header,
+                taken,
+                np.flatnonzero(keep_dead & (dead_parts == p)),
+                int(np.count_nonzero(dead_parts == p)),
+            )
+            start = self._rows.get(p, 0)
+            self._rows[p] = start + taken.size
+            with open(self._file(p, "parts"), "ab") as out:
+                pickle.dump((ref.id, start, part), out, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def part(self, ref: SegmentRef, partition: int) -> _Part:
+        """What level-0 input `ref` gives `partition`."""
+        if self._parts is None or self._parts[0] != partition:
+            self._parts = None
+            self._parts = (partition, self._load(partition))
+        return self._parts[1].get(ref.id, _NOTHING)
+
+    def _load(self, partition: int) -> dict[str, _Part]:
+        parts: dict[str, _Part] = {}
+        path = self._file(partition, "parts")
+        if not path.exists():
+            return parts
+        vectors = self._file(partition, "f32")
+        dim = self.schema.dimension
+        with open(path, "rb") as f:
+            while f.peek(1):
+                ref_id, start, part = pickle.load(f)
+                rows = np.arange(start, start + part.rows.size)
+                parts[ref_id] = replace(part, vectors=read_rows(vectors, rows, dim))
+        return parts
+
+    def drop(self, partition: int) -> None:
+        """Delete a partition's files once its output is built."""
+        self._parts = None
+        for kind in ("f32", "parts"):
+            self._file(partition, kind).unlink(missing_ok=True)
+
+
 class _Inputs:
-    """The input segments of a merge, each downloaded once, and the partition of
-    each level-0 row and tombstone, hashed once whatever the number of outputs."""
+    """The input segments of a merge, each downloaded once and deleted once merged;
+    with several outputs, the level-0 rows split by partition first (`_Staged`)."""
 
     def __init__(self, store: ObjectStore, schema: CollectionSchema, cache_dir: Path) -> None:
         self.store = store
         self.schema = schema
         self.cache_dir = cache_dir
         self._segments: dict[str, LoadedSegment] = {}
-        self._partitions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._staged: _Staged | None = None
 
     def segment(self, ref: SegmentRef) -> LoadedSegment:
         if ref.id not in self._segments:
             self._segments[ref.id] = load_segment(self.store, ref.key, ref.id, self.cache_dir)
         return self._segments[ref.id]
 
+    def release(self, ref: SegmentRef) -> None:
+        """Delete an input's local files: merged, it is not read again."""
+        segment = self._segments.pop(ref.id, None)
+        if segment is not None:
+            segment.ann_path.unlink(missing_ok=True)
+            segment.ann_path.with_suffix(".json").unlink(missing_ok=True)
+
     def close(self) -> None:
         """Remove the downloaded inputs: merged away, they are not read again."""
         self._segments.clear()
+        self._staged = None
         shutil.rmtree(self.cache_dir, ignore_errors=True)
 
-    def partitions(self, ref: SegmentRef) -> tuple[np.ndarray, np.ndarray]:
-        """(partition of each row, partition of each tombstone)."""
-        if ref.id not in self._partitions:
-            header = self.segment(ref).header
+    def stage(self, level0: Sequence[SegmentRef], masks: Masks, floor: int) -> None:
+        """Split the level-0 inputs by partition, for a merge with several outputs."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._staged = _Staged(Path(tempfile.mkdtemp(dir=self.cache_dir)), self.schema)
+        for ref in level0:
+            self._staged.add(ref, self.segment(ref), masks, floor)
+            self.release(ref)
+
+    def done(self, out: OutputPlan) -> None:
+        """Delete what only `out` needed: its level-1 inputs and staged rows."""
+        for ref in out.inputs:
+            self.release(ref)
+        if self._staged is not None:
+            self._staged.drop(out.partition)
+
+    def part(self, ref: SegmentRef, partition: int, floor: int, masks: Masks) -> _Part:
+        """What input `ref` gives the output of `partition`."""
+        if ref.level == 0 and self._staged is not None:
+            return self._staged.part(ref, partition)
+        segment = self.segment(ref)
+        header = segment.header
+        live = _unmasked(ref, header.count, masks)
+        dead = header.tombstones
+        keep_dead = dead.timestamps >= floor
+        tombstones_in = len(dead)
+        if ref.level == 0:
             n, seed = self.schema.partitions, self.schema.seed
-            self._partitions[ref.id] = (
-                hash_partitions(header.ids, n, seed),
-                hash_partitions(header.tombstones.ids, n, seed),
-            )
-        return self._partitions[ref.id]
-
-
-def _pick(values: list[Any], rows: np.ndarray) -> list[Any]:
-    return [values[r] for r in rows.tolist()]
+            live &= hash_partitions(header.ids, n, seed) == partition
+            in_partition = hash_partitions(dead.ids, n, seed) == partition
+            keep_dead &= in_partition
+            tombstones_in = int(np.count_nonzero(in_partition))
+        rows = np.flatnonzero(live)
+        vectors = read_vectors(segment.ann_path, header.metric, header.dimension, rows)
+        part = _part(header, rows, np.flatnonzero(keep_dead), tombstones_in)
+        return replace(part, vectors=vectors.chunks)
 
 
 def _gather(plan: Plan, out: OutputPlan, inputs: _Inputs, masks: Masks, workdir: Path) -> _Output:
     """Build one output segment from the rows of its inputs live at the base, and
-    their tombstones at or above the plan's floor."""
+    their tombstones at or above the plan's floor.
+
+    The columns of the output's rows are gathered first; the vectors stream from
+    the inputs (or the staged level-0 rows) into the build, a chunk at a time.
+    """
     position = {ref.id: i for i, ref in enumerate(plan.base.segments)}
     feeds = sorted(
         {r.id: r for r in (*plan.level0, *out.inputs)}.values(), key=lambda r: position[r.id]
     )
-    ids: list[str] = []
-    writers: list[str] = []
-    metadata: list[Any] = []
-    timestamps: list[np.ndarray] = []
-    vectors: list[np.ndarray] = []
-    dead_ids: list[str] = []
-    dead_writers: list[str] = []
-    dead_ts: list[np.ndarray] = []
-    row_of: dict[str, np.ndarray] = {}
-    tombstones_in = 0
-    for ref in feeds:
-        seg = inputs.segment(ref)
-        header = seg.header
-        live = np.ones(header.count, dtype=bool)
-        live[masks.rows(ref)] = False
-        dead = header.tombstones
-        keep_dead = dead.timestamps >= plan.floor
-        if ref.level == 0:
-            row_parts, dead_parts = inputs.partitions(ref)
-            live &= row_parts == out.partition
-            in_partition = dead_parts == out.partition
-            keep_dead &= in_partition
-            tombstones_in += int(in_partition.sum())
-        else:
-            tombstones_in += len(dead)
-        rows = np.flatnonzero(live)
-        taken = np.full(header.count, -1, dtype=np.int64)
-        taken[rows] = np.arange(len(ids), len(ids) + rows.size)
-        row_of[ref.id] = taken
-        ids += _pick(header.ids, rows)
-        writers += _pick(header.writers, rows)
-        metadata += _pick(header.metadata, rows)
-        timestamps.append(header.timestamps[rows])
-        vectors.append(np.asarray(seg.vectors[rows], dtype=np.float32))
-        kept = np.flatnonzero(keep_dead)
-        dead_ids += _pick(list(dead.ids), kept)
-        dead_writers += _pick(list(dead.writers), kept)
-        dead_ts.append(dead.timestamps[kept])
-    if not ids and not dead_ids:
+    parts = [inputs.part(ref, out.partition, plan.floor, masks) for ref in feeds]
+    row_of: dict[str, _RowMap] = {}
+    count = 0
+    for ref, part in zip(feeds, parts, strict=True):
+        row_of[ref.id] = _RowMap(part.rows, count)
+        count += part.rows.size
+    tombstones_in = sum(part.tombstones_in for part in parts)
+    dead = [part.dead for part in parts]
+    if not count and not any(len(d) for d in dead):
         return _Output(out, None, row_of, tombstones_in)
     schema = inputs.schema
     seg_rows = SegmentRows(
-        ids=ids,
-        timestamps=np.concatenate(timestamps) if timestamps else np.zeros(0, np.int64),
-        writers=writers,
-        metadata=metadata,
-        vectors=np.concatenate(vectors) if ids else np.zeros((0, schema.dimension), np.float32),
-        tombstones=Tombstones(dead_ids, np.concatenate(dead_ts), dead_writers),
+        ids=_chain(part.ids for part in parts),
+        timestamps=np.concatenate([part.timestamps for part in parts]),
+        writers=_chain(part.writers for part in parts),
+        metadata=_chain(part.metadata for part in parts),
+        vectors=VectorChunks(
+            schema.dimension, count, chain.from_iterable(p.vectors for p in parts)
+        ),
+        tombstones=Tombstones(
+            _chain(d.ids for d in dead),
+            np.concatenate([d.timestamps for d in dead]),
+            _chain(d.writers for d in dead),
+        ),
     )
     built = build_segment(
         seg_rows, metric=schema.metric, n_trees=schema.n_trees, seed=schema.seed, workdir=workdir
     )
     return _Output(out, built, row_of, tombstones_in)
+
+
+def _chain(lists: Iterable[Sequence[Any]]) -> list[Any]:
+    return list(chain.from_iterable(lists))
 
 
 def _apply(
@@ -450,8 +613,13 @@ def _build_outputs(ctx: Maintenance, plan: Plan, schema: CollectionSchema) -> li
     inputs = _Inputs(ctx.store, schema, cache_dir / "compaction")
     results: list[_Built] = []
     try:
+        if plan.level0 and len(plan.outputs) > 1:
+            inputs.stage(plan.level0, ctx.masks, plan.floor)
+        # One output at a time, each input deleted once merged: a merge holds one
+        # partition's rows, never the whole collection.
         for out in plan.outputs:
             output = _gather(plan, out, inputs, ctx.masks, cache_dir / "build")
+            inputs.done(out)
             if output.built is None:
                 continue
             built = output.built
