@@ -204,10 +204,12 @@ class _Part:
     vectors: Iterable[np.ndarray] = ()
 
 
-_NOTHING = _Part(np.zeros(0, np.int64), [], np.zeros(0, np.int64), [], [], Tombstones(), 0)
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NOTHING = _Part(_NO_ROWS, [], _NO_ROWS, [], [], Tombstones(), 0)
 
 
 def _pick(values: Sequence[Any], rows: np.ndarray) -> list[Any]:
+    """`values` at `rows` (increasing, so as many rows as values means all of them)."""
     if rows.size == len(values):
         return list(values)
     return [values[r] for r in rows.tolist()]
@@ -236,6 +238,15 @@ def _unmasked(ref: SegmentRef, count: int, masks: Masks) -> np.ndarray:
     return live
 
 
+def _groups(partitions: np.ndarray) -> dict[int, np.ndarray]:
+    """partition → the positions in `partitions` that hold it, increasing."""
+    if not partitions.size:
+        return {}
+    order = np.argsort(partitions, kind="stable")
+    present, starts = np.unique(partitions[order], return_index=True)
+    return dict(zip(present.tolist(), np.split(order, starts[1:]), strict=True))
+
+
 class _Staged:
     """The live level-0 rows of a merge with several outputs, split by partition on
     local disk: each level-0 input is read once, not once per output, and none is
@@ -260,26 +271,17 @@ class _Staged:
         vectors = read_vectors(segment.ann_path, header.metric, header.dimension, rows).chunks
         done = 0
         for chunk in vectors:
-            parts = row_parts[done : done + len(chunk)]
-            done += len(chunk)
-            order = np.argsort(parts, kind="stable")
-            present, starts = np.unique(parts[order], return_index=True)
-            for p, lo, hi in zip(
-                present.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)], strict=True
-            ):
+            for p, at in _groups(row_parts[done : done + len(chunk)]).items():
                 with open(self._file(p, "f32"), "ab") as out:
-                    out.write(chunk[order[lo:hi]].data)
+                    out.write(chunk[at].data)
+            done += len(chunk)
         dead = header.tombstones
-        dead_parts = hash_partitions(dead.ids, n, seed)
-        keep_dead = dead.timestamps >= floor
-        for p in np.union1d(row_parts, dead_parts).tolist():
-            taken = rows[row_parts == p]
-            part = _part(
-                header,
-                taken,
-                np.flatnonzero(keep_dead & (dead_parts == p)),
-                int(np.count_nonzero(dead_parts == p)),
-            )
+        kept = dead.timestamps >= floor
+        by_row, by_dead = _groups(row_parts), _groups(hash_partitions(dead.ids, n, seed))
+        for p in sorted(by_row.keys() | by_dead.keys()):
+            taken = rows[by_row.get(p, _NO_ROWS)]
+            in_partition = by_dead.get(p, _NO_ROWS)
+            part = _part(header, taken, in_partition[kept[in_partition]], in_partition.size)
             start = self._rows.get(p, 0)
             self._rows[p] = start + taken.size
             with open(self._file(p, "parts"), "ab") as out:
