@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,8 @@ def _app(store_dir: Path, cache_dir: Path) -> Brainy:
 def _vectors(config: Config, start: int, count: int) -> np.ndarray:
     if config.data == "pypi":
         base = np.load(PYPI)["base"].astype(np.float32)
+        if base.shape[1] != config.dim:
+            raise SystemExit(f"--data pypi holds {base.shape[1]}-d vectors, not --dim {config.dim}")
         rows = np.arange(start, start + count) % len(base)
         # Tiled copies are nudged apart: identical vectors would make a degenerate index.
         rng = np.random.default_rng(config.seed + start)
@@ -161,6 +163,25 @@ def commit_level0(config: Config, store_dir: Path, cache_dir: Path, refs: list[S
     )
 
 
+def build_throughput(config: Config, scratch: Path, rows: int = 100_000) -> dict[str, Any]:
+    """`build_segment` of one segment of `rows` vectors (ids, metadata and all), timed."""
+    rows = min(rows, config.n)
+    segment = SegmentRows(
+        ids=[f"v{i:07d}" for i in range(rows)],
+        timestamps=np.arange(rows, dtype=np.int64),
+        writers=["bench"] * rows,
+        metadata=[{"n": i} for i in range(rows)],
+        vectors=_vectors(config, 0, rows),
+    )
+    began = time.perf_counter()
+    built = build_segment(
+        segment, metric=config.metric, n_trees=config.n_trees, seed=config.seed, workdir=scratch
+    )
+    seconds = time.perf_counter() - began
+    built.path.unlink()
+    return {"rows": rows, "seconds": round(seconds, 2), "vectors_per_s": round(rows / seconds)}
+
+
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -210,6 +231,7 @@ def run(config: Config, workdir: Path, label: str) -> dict[str, Any]:
     setup = json.loads(setup_file.read_text())
     refs = [SegmentRef.from_dict(d) for d in setup.pop("refs")]
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        build = build_throughput(config, Path(tmp))
         # Segments and deletion files are immutable and every write makes a new
         # file, so a hard-linked copy is a fresh, independent pre-compaction state.
         store_dir = Path(tmp) / "store"
@@ -234,6 +256,7 @@ def run(config: Config, workdir: Path, label: str) -> dict[str, Any]:
         "label": label,
         "config": asdict(config),
         "setup": setup,
+        "build_segment": build,
         **figures,
         "ru_maxrss_children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
         "largest_partition_rows": largest,
@@ -257,21 +280,25 @@ def _save(result: dict[str, Any]) -> list[dict[str, Any]]:
     return runs
 
 
+_COLUMNS = (  # heading, width, the figure of one run
+    ("label", 10, lambda r: r["label"]),
+    ("n", 9, lambda r: r["config"]["n"]),
+    ("dim", 4, lambda r: r["config"]["dim"]),
+    ("P", 4, lambda r: r["config"]["partitions"]),
+    ("build vec/s", 11, lambda r: r.get("build_segment", {}).get("vectors_per_s", "")),
+    ("seconds", 8, lambda r: r["seconds"]),
+    ("rows/s", 8, lambda r: r["rows_per_s"]),
+    ("start MB", 8, lambda r: round(r["rss_before_kb"] / 1024)),
+    ("peak RSS MB", 11, lambda r: round(r["peak_rss_bytes"] / 2**20)),
+    ("largest part MB", 15, lambda r: round(r["largest_partition_raw_bytes"] / 2**20)),
+    ("peak/raw", 8, lambda r: r["peak_over_raw"]),
+)
+
+
 def _table(runs: list[dict[str, Any]]) -> str:
-    head = (
-        f"{'label':<10} {'n':>9} {'dim':>4} {'P':>4} {'seconds':>8} {'rows/s':>8} "
-        f"{'start MB':>8} {'peak RSS MB':>11} {'largest part MB':>15} {'peak/raw':>8}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in runs:
-        c = r["config"]
-        lines.append(
-            f"{r['label']:<10} {c['n']:>9} {c['dim']:>4} {c['partitions']:>4} "
-            f"{r['seconds']:>8.1f} {r['rows_per_s']:>8} {r['rss_before_kb'] / 1024:>8.0f} "
-            f"{r['peak_rss_bytes'] / 2**20:>11.0f} "
-            f"{r['largest_partition_raw_bytes'] / 2**20:>15.0f} {r['peak_over_raw']:>8}"
-        )
-    return "\n".join(lines)
+    head = " ".join(f"{name:>{width}}" for name, width, _ in _COLUMNS)
+    rows = [" ".join(f"{get(r)!s:>{width}}" for _, width, get in _COLUMNS) for r in runs]
+    return "\n".join([head, "-" * len(head), *rows])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -287,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         "--partitions",
         type=int,
         nargs="+",
-        default=[defaults.partitions],
+        default=[1, 8],
         help="partition counts to run (one compaction each)",
     )
     parser.add_argument("--segment-rows", type=int, default=defaults.segment_rows)
@@ -302,19 +329,12 @@ def main(argv: list[str] | None = None) -> None:
         default=Path(tempfile.gettempdir()) / "brainy-bench-compaction",
         help="where level-0 collections are kept between runs",
     )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    given = {f.name: getattr(args, f.name) for f in fields(Config)}
     for partitions in args.partitions:
-        config = Config(
-            n=args.n,
-            dim=args.dim,
-            partitions=partitions,
-            segment_rows=args.segment_rows,
-            masked=args.masked,
-            n_trees=args.n_trees,
-            metric=args.metric,
-            data=args.data,
-        )
+        config = Config(**{**given, "partitions": partitions})
         result = run(config, args.workdir, args.label)
         runs = _save(result)
         print(_table([result]), flush=True)
