@@ -12,11 +12,13 @@ itself, or something newer).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress
 
 import numpy as np
 
+from brainy.format.segment import SegmentHeader
 from brainy.table.deletions import Masks
 from brainy.table.headers import HeaderCache
 from brainy.table.manifest import Manifest, SegmentRef
@@ -51,27 +53,181 @@ def losers(copies: Sequence[Copy]) -> list[Copy]:
 
 def copies_of(ref: SegmentRef, headers: HeaderCache, masks: Masks) -> Iterable[tuple[str, Copy]]:
     """(id, copy) for every unmasked row and every tombstone of a segment."""
-    header = headers.get(ref)
-    rows = np.arange(ref.count)
+    unmasked = None
     if ref.masked:
-        rows = np.setdiff1d(rows, masks.rows(ref), assume_unique=True)
-    ids, writers = header.ids, header.writers
-    for row, ts in zip(rows.tolist(), header.timestamps[rows].tolist(), strict=True):
-        yield ids[row], Copy((ts, writers[row]), ref.id, row)
-    dead = header.tombstones
-    for rid, ts, writer in zip(dead.ids, dead.timestamps.tolist(), dead.writers, strict=True):
-        yield rid, Copy((ts, writer), ref.id, TOMBSTONE)
+        keep = np.ones(ref.count, dtype=bool)
+        keep[masks.rows(ref)] = False
+        unmasked = np.flatnonzero(keep)
+    return _as_copies(ref.id, _columns(headers.get(ref), unmasked))
 
 
 def every_copy(ref: SegmentRef, headers: HeaderCache) -> Iterable[tuple[str, Copy]]:
     """(id, copy) for every row, masked or not, and every tombstone of a segment."""
-    header = headers.get(ref)
-    ids, writers = header.ids, header.writers
-    for row, ts in enumerate(header.timestamps.tolist()):
-        yield ids[row], Copy((ts, writers[row]), ref.id, row)
+    return _as_copies(ref.id, _columns(headers.get(ref)))
+
+
+_Columns = tuple[Sequence[str], np.ndarray, Sequence[str], np.ndarray]
+
+
+def _columns(header: SegmentHeader, rows: np.ndarray | None = None) -> Iterator[_Columns]:
+    """A segment's copies as columns (ids, timestamps, writers, rows): its rows
+    (all, or those given), then its tombstones (row `TOMBSTONE`)."""
+    if rows is None:
+        yield header.ids, header.timestamps, header.writers, np.arange(len(header.ids))
+    else:
+        picked = rows.tolist()
+        ids, writers = header.ids, header.writers
+        yield [ids[r] for r in picked], header.timestamps[rows], [writers[r] for r in picked], rows
     dead = header.tombstones
-    for rid, ts, writer in zip(dead.ids, dead.timestamps.tolist(), dead.writers, strict=True):
-        yield rid, Copy((ts, writer), ref.id, TOMBSTONE)
+    yield dead.ids, dead.timestamps, dead.writers, np.full(len(dead), TOMBSTONE)
+
+
+def _as_copies(sid: str, columns: Iterable[_Columns]) -> Iterator[tuple[str, Copy]]:
+    for ids, timestamps, writers, rows in columns:
+        for rid, ts, writer, row in zip(
+            ids, timestamps.tolist(), writers, rows.tolist(), strict=True
+        ):
+            yield rid, Copy((ts, writer), sid, row)
+
+
+class _Newest(Mapping[str, Copy]):
+    """id → its newest copy, held as columns: a dict from id to a slot, and numpy
+    arrays of each slot's timestamp, writer, segment and row, so that a segment is
+    applied with array operations and an id costs ~140 bytes rather than the ~210
+    of a `Copy` of its own (a `Copy` is made when one is asked for). Writers and
+    segments are held once, by code; a writer's rank orders writers as strings do,
+    so (timestamp, rank) orders copies as (timestamp, writer) does."""
+
+    def __init__(self) -> None:
+        self._slot: dict[str, int] = {}
+        self._ts = np.zeros(0, dtype=np.int64)
+        self._writer = np.zeros(0, dtype=np.int32)
+        self._segment = np.zeros(0, dtype=np.int32)
+        self._row = np.zeros(0, dtype=np.int32)  # Annoy's item ids are int32 too
+        self._used = 0  # slots handed out; those freed since are reclaimed when full
+        self._writers: list[str] = []
+        self._writer_code: dict[str, int] = {}
+        self._rank = np.zeros(0, dtype=np.int64)
+        self._segments: list[str] = []
+        self._segment_code: dict[str, int] = {}
+        self._free_codes: list[int] = []
+
+    def __getitem__(self, rid: str) -> Copy:
+        return self._copy(self._slot[rid])
+
+    def get(self, rid: str, default: Copy | None = None) -> Copy | None:
+        slot = self._slot.get(rid)
+        return default if slot is None else self._copy(slot)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._slot)
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def _copy(self, slot: int) -> Copy:
+        order = (int(self._ts[slot]), self._writers[self._writer[slot]])
+        return Copy(order, self._segments[self._segment[slot]], int(self._row[slot]))
+
+    def offer(
+        self, sid: str, ids: Sequence[str], ts: np.ndarray, writers: Sequence[str], rows: np.ndarray
+    ) -> None:
+        """Make each copy the newest of its id unless a newer one is known."""
+        if len(set(ids)) < len(ids):
+            # The same id twice (tombstones of two deletes merged into one segment):
+            # one at a time, so the newer of the two is kept.
+            for i in range(len(ids)):
+                self.offer(sid, ids[i : i + 1], ts[i : i + 1], writers[i : i + 1], rows[i : i + 1])
+            return
+        ts = np.asarray(ts, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        writer = self._writer_codes(writers)
+        if self._used + len(ids) > self._ts.size:
+            self._grow(len(ids))  # renumbers slots: before any is looked up
+        slots = self._slots_of(ids)
+        known = slots >= 0
+        current = slots[known]
+        newer = (ts[known] > self._ts[current]) | (
+            (ts[known] == self._ts[current])
+            & (self._rank[writer[known]] > self._rank[self._writer[current]])
+        )
+        put = np.concatenate([current[newer], self._new_slots(ids, known)])
+        take = np.concatenate([np.flatnonzero(known)[newer], np.flatnonzero(~known)])
+        self._ts[put] = ts[take]
+        self._writer[put] = writer[take]
+        self._segment[put] = self._code_of(sid)
+        self._row[put] = rows[take]
+
+    def _code_of(self, sid: str) -> int:
+        code = self._segment_code.get(sid)
+        if code is None:
+            code = self._free_codes.pop() if self._free_codes else len(self._segments)
+            if code == len(self._segments):
+                self._segments.append(sid)
+            self._segments[code] = sid
+            self._segment_code[sid] = code
+        return code
+
+    def forget(self, sid: str) -> None:
+        """Give back the code of a segment no longer listed (once its copies are dropped)."""
+        code = self._segment_code.pop(sid, None)
+        if code is not None:
+            self._free_codes.append(code)
+
+    def drop(
+        self, sid: str, ids: Sequence[str], ts: np.ndarray, writers: Sequence[str], rows: np.ndarray
+    ) -> None:
+        """Forget each id whose newest copy is exactly the one given."""
+        code = self._segment_code.get(sid)
+        if code is None or not len(ids):
+            return
+        slots = self._slots_of(ids)
+        known = slots >= 0
+        at = slots[known]
+        writer = self._writer_codes(writers)[known]
+        same = (
+            (self._segment[at] == code)
+            & (self._row[at] == np.asarray(rows)[known])
+            & (self._ts[at] == np.asarray(ts)[known])
+            & (self._writer[at] == writer)
+        )
+        for rid in compress(compress(ids, known.tolist()), same.tolist()):
+            del self._slot[rid]
+
+    def _slots_of(self, ids: Sequence[str]) -> np.ndarray:
+        get = self._slot.get
+        return np.fromiter((get(rid, -1) for rid in ids), dtype=np.int64, count=len(ids))
+
+    def _new_slots(self, ids: Sequence[str], known: np.ndarray) -> np.ndarray:
+        fresh = list(compress(ids, (~known).tolist()))
+        start = self._used
+        self._used += len(fresh)
+        self._slot.update(zip(fresh, range(start, self._used), strict=True))
+        return np.arange(start, self._used)
+
+    def _grow(self, more: int) -> None:
+        """Room for `more` slots: freed slots given back first, then arrays enlarged."""
+        live = np.fromiter(self._slot.values(), dtype=np.int64, count=len(self._slot))
+        size = max((live.size + more) * 3 // 2, 1024)
+        for name in ("_ts", "_writer", "_segment", "_row"):
+            old = getattr(self, name)
+            column = np.zeros(size, dtype=old.dtype)
+            column[: live.size] = old[live]
+            setattr(self, name, column)
+        self._slot = dict(zip(self._slot, range(live.size), strict=True))
+        self._used = live.size
+
+    def _writer_codes(self, writers: Sequence[str]) -> np.ndarray:
+        new = set(writers) - self._writer_code.keys()
+        if new:
+            for writer in sorted(new):
+                self._writer_code[writer] = len(self._writers)
+                self._writers.append(writer)
+            by_name = sorted(range(len(self._writers)), key=self._writers.__getitem__)
+            self._rank = np.empty(len(self._writers), dtype=np.int64)
+            self._rank[by_name] = np.arange(len(by_name))
+        code = self._writer_code
+        return np.fromiter((code[w] for w in writers), dtype=np.int32, count=len(writers))
 
 
 class LiveIndex:
@@ -89,7 +245,7 @@ class LiveIndex:
     def __init__(self, headers: HeaderCache) -> None:
         self.headers = headers
         self.lock = threading.RLock()
-        self._newest: dict[str, Copy] = {}
+        self._newest = _Newest()
         self._refs: dict[str, SegmentRef] = {}
 
     def at(self, manifest: Manifest) -> Mapping[str, Copy]:
@@ -98,16 +254,14 @@ class LiveIndex:
             newest = self._newest
             gone = [ref for sid, ref in self._refs.items() if sid not in target]
             for ref in gone:
-                for rid, copy in every_copy(ref, self.headers):
-                    if newest.get(rid) == copy:
-                        del newest[rid]
+                for columns in _columns(self.headers.get(ref)):
+                    newest.drop(ref.id, *columns)
+                newest.forget(ref.id)
             self.headers.forget({ref.id for ref in gone})
             for sid, ref in target.items():
                 if sid not in self._refs:
-                    for rid, copy in every_copy(ref, self.headers):
-                        current = newest.get(rid)
-                        if current is None or current.order < copy.order:
-                            newest[rid] = copy
+                    for columns in _columns(self.headers.get(ref)):
+                        newest.offer(sid, *columns)
             self._refs = target
             return newest
 
