@@ -191,12 +191,12 @@ def _build_annoy(
     """Build the Annoy index of `vectors` in a file of `workdir`.
 
     Annoy's Python `add_item` takes one vector at a time and reads it element by
-    element (as long as the build itself at 384 dimensions), so the item nodes are
-    written into the file directly, a chunk at a time, in the layout `vectors`
-    reads back: an `add_item` of the last item first sizes Annoy's on-disk node
-    array for every item (the file, mapped shared, sees the writes), then `build`
-    adds the trees after them. The trees are exactly those adding each item would
-    give (see `_store_norms` for the one field that differs).
+    element (as slow as the build itself at 384 dimensions), so the item nodes are
+    written into the file directly, a chunk at a time, in the layout
+    `LoadedSegment.vectors` reads back: an `add_item` of the last item first sizes
+    Annoy's on-disk node array for every item (the file, mapped shared, sees the
+    writes), then `build` adds the trees after them. The trees are exactly those
+    adding each item would give (see `_store_norms` for the one field that differs).
     """
     n, dim = vectors.count, vectors.dimension
     fd, ann_name = tempfile.mkstemp(suffix=".ann", dir=workdir)
