@@ -24,11 +24,11 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -ra -m "not slow"
 
 # Each bench/<name>.py runs as `python -m bench.<name>` and writes its own
-# bench/results/<name>.json; BENCH_ARGS are passed to every one.
+# bench/results/<name>.json. `make bench BENCH=firehose BENCH_ARGS="--commits 5000"`
+# runs one benchmark with its own arguments.
+BENCH ?= $(filter-out __init__,$(basename $(notdir $(wildcard bench/*.py))))
 bench: $(STAMP)
-	@set -e; for f in bench/*.py; do \
-		name=$$(basename $$f .py); \
-		case $$name in __init__) continue;; esac; \
+	@set -e; for name in $(BENCH); do \
 		echo "== bench/$$name"; \
 		$(BIN)/python -m bench.$$name $(BENCH_ARGS); \
 	done

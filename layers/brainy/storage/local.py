@@ -95,11 +95,17 @@ class LocalStore(ObjectStore):
             raise NotFound(key) from None
         return ObjectInfo(key, st.st_size, stat_etag(st), st.st_mtime)
 
-    def _write_temp(self, data: bytes) -> Path:
+    def _write_temp(self, data: bytes | Path) -> Path:
+        """A fully written temp file holding `data` (bytes, or a file's content,
+        copied in chunks so a large upload is never held in memory)."""
         self._tmp.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp / uuid.uuid4().hex
         with open(tmp, "wb") as f:
-            f.write(data)
+            if isinstance(data, Path):
+                with open(data, "rb") as src:
+                    shutil.copyfileobj(src, f, 1 << 20)
+            else:
+                f.write(data)
             f.flush()
             # A nanosecond mtime of our own: file-system clocks tick in jiffies,
             # and the ETag must not repeat when an inode number is reused.
@@ -119,7 +125,7 @@ class LocalStore(ObjectStore):
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _put(self, key, data, if_absent, if_match) -> str:
+    def _put(self, key, data: bytes | Path, if_absent, if_match) -> str:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._write_temp(data)
@@ -187,4 +193,4 @@ class LocalStore(ObjectStore):
             raise NotFound(key) from None
 
     def _upload(self, key, path, if_absent) -> str:
-        return self._put(key, path.read_bytes(), if_absent, None)
+        return self._put(key, Path(path), if_absent, None)

@@ -8,6 +8,7 @@ resolve last-writer-wins without downloading indexes.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 from brainy.format.segment import SegmentHeader, read_segment_header
 from brainy.storage import ObjectStore
@@ -15,12 +16,24 @@ from brainy.table.manifest import SegmentRef
 
 
 class HeaderCache:
-    def __init__(self, store: ObjectStore) -> None:
+    """Headers read once per segment.
+
+    Args:
+        store: the bucket.
+        keep_metadata: keep the rows' metadata too. Last-writer-wins needs only
+            ids, timestamps, writers and tombstones; an indexer drops the
+            metadata, which is most of a header's memory.
+    """
+
+    def __init__(self, store: ObjectStore, *, keep_metadata: bool = True) -> None:
         self.store = store
+        self.keep_metadata = keep_metadata
         self._headers: dict[str, SegmentHeader] = {}
         self._lock = threading.Lock()
 
     def put(self, segment_id: str, header: SegmentHeader) -> None:
+        if not self.keep_metadata:
+            header = replace(header, metadata=[])
         with self._lock:
             self._headers[segment_id] = header
 
@@ -28,8 +41,9 @@ class HeaderCache:
         with self._lock:
             header = self._headers.get(ref.id)
         if header is None:
-            header = read_segment_header(self.store, ref.key)
-            self.put(ref.id, header)
+            self.put(ref.id, read_segment_header(self.store, ref.key))
+            with self._lock:
+                header = self._headers[ref.id]
         return header
 
     def forget(self, segment_ids: set[str]) -> None:

@@ -118,7 +118,7 @@ class Indexer:
         self.schema_of = schema_of
         self.committed_by = committed_by
         self.manifests_of = manifests_of or (lambda name: Manifests(store, name))
-        self.headers = HeaderCache(store)
+        self.headers = HeaderCache(store, keep_metadata=False)
         self.masks = Masks(store)
         self.workdir = workdir or Path(tempfile.gettempdir()) / "brainy-indexer"
         self._manifests: dict[str, Manifest | None] = {}
