@@ -48,17 +48,17 @@ def live_state(url: str, collection: str) -> dict[str, tuple[tuple[float, ...], 
         return {}
     out: dict[str, tuple[tuple[float, ...], Any]] = {}
     seen: Counter[str] = Counter()
-    cache = Path(tempfile.mkdtemp(prefix="brainy-live-"))
     masks = Masks(store)
-    for ref in manifest.segments:
-        seg = load_segment(store, ref.key, ref.id, cache)
-        masked = set(masks.rows(ref).tolist())
-        for row, rid in enumerate(seg.header.ids):
-            if row in masked:
-                continue
-            seen[rid] += 1
-            vec = tuple(round(float(x), 5) for x in seg.vectors[row])
-            out[rid] = (vec, seg.header.metadata[row])
+    with tempfile.TemporaryDirectory(prefix="brainy-live-") as tmp:
+        for ref in manifest.segments:
+            seg = load_segment(store, ref.key, ref.id, Path(tmp))
+            masked = set(masks.rows(ref).tolist())
+            for row, rid in enumerate(seg.header.ids):
+                if row in masked:
+                    continue
+                seen[rid] += 1
+                vec = tuple(round(float(x), 5) for x in seg.vectors[row])
+                out[rid] = (vec, seg.header.metadata[row])
     twice = [rid for rid, n in seen.items() if n > 1]
     assert not twice, f"ids live more than once: {twice[:5]}"
     return out

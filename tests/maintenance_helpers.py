@@ -3,6 +3,7 @@ last-writer-wins model, a stand-in compaction, and search pinned to one version.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,8 @@ def search_version(
 ) -> list[tuple[str, float]]:
     """What a reader holding `manifest` answers: the search path's own segment cache
     (download, checksum, map) and per-segment search, on a cold cache."""
-    cache = SegmentCache(store, Path(tempfile.mkdtemp(prefix="brainy-reader-")), 10**9, 2)
+    folder = Path(tempfile.mkdtemp(prefix="brainy-reader-"))
+    cache = SegmentCache(store, folder, 10**9, 2)
     masks = Masks(store)
     try:
         refs = [ref for ref in manifest.segments if ref.live > 0]
@@ -64,5 +66,6 @@ def search_version(
         ]
     finally:
         cache.close()
+        shutil.rmtree(folder, ignore_errors=True)
     hits.sort(key=lambda h: (-h[0], h[1]))
     return [(rid, round(score, 5)) for score, rid, _ in hits[:k]]
