@@ -128,16 +128,22 @@ def test_redeclaring_a_collection_that_holds_data_is_refused_and_writes_nothing(
     assert config["collections"]["docs"]["dimension"] == 8
 
 
-def test_semantic_partitioning_is_refused_until_it_exists():
+def test_semantic_strategy_is_accepted_with_nprobe_and_an_unknown_one_is_refused():
     store = open_store("memory://semantic")
-    store.put(
-        "_brainy/config.json",
-        json.dumps({"collections": {"docs": {"dimension": 4, "strategy": "semantic"}}}).encode(),
-    )
-    with pytest.raises(
-        ConfigError, match=r"collections\.docs\.strategy: expected one of \['hash'\]"
+    docs = {"dimension": 4, "strategy": "semantic", "partitions": 16, "nprobe": 3}
+    store.put("_brainy/config.json", json.dumps({"collections": {"docs": docs}}).encode())
+    settings, _ = load_settings({"BRAINY_STORE": "memory://semantic"})
+    assert settings.collections["docs"].strategy == "semantic"
+    assert settings.collections["docs"].probes == 3
+    for bad, match in (
+        ({**docs, "strategy": "ivf"}, r"docs\.strategy: expected one of \['hash', 'semantic'\]"),
+        ({**docs, "nprobe": 17}, r"docs\.nprobe: expected an integer in \[1, 16\]"),
+        ({**docs, "nprobe": 0}, r"docs\.nprobe: expected an integer in \[1, 16\]"),
+        ({**docs, "nprobe": "4"}, r"docs\.nprobe: expected an integer"),
     ):
-        load_settings({"BRAINY_STORE": "memory://semantic"})
+        store.put("_brainy/config.json", json.dumps({"collections": {"docs": bad}}).encode())
+        with pytest.raises(ConfigError, match=match):
+            load_settings({"BRAINY_STORE": "memory://semantic"})
 
 
 def test_cold_starts_sharing_an_instance_id_all_pass_the_conditional_write_probe(

@@ -5,6 +5,7 @@ names its key; a collection's schema is frozen once it holds data."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -23,9 +24,9 @@ CONFIG_KEY = "_brainy/config.json"
 INSTANCES_PREFIX = "_brainy/instances/"
 
 METRICS = ("angular", "euclidean", "dot")
-# DESIGN §6 names a "semantic" strategy too; it is refused until it exists, rather
-# than accepted and then ignored.
-STRATEGIES = ("hash",)
+# hash: xxh64 of the id picks the partition (every search probes them all);
+# semantic: the nearest centroid does (a search probes `nprobe`), DESIGN §6.
+STRATEGIES = ("hash", "semantic")
 MODES = ("read-only", "write-only", "read-write")
 ROLES = ("search", "ingest", "indexer", "compactor", "bluesky", "github", "cli")
 DEFAULT_MODE = {
@@ -105,6 +106,22 @@ class CollectionSchema:
     n_trees: int = 16
     search_k_factor: int = 512
     exact_threshold: int = 10_000
+    nprobe: int | None = None
+
+    @property
+    def probes(self) -> int:
+        """Partitions a search of a semantic collection probes: `nprobe`, or by
+        default ceil(3 * sqrt(partitions)), capped at the partition count.
+
+        Measured on 30,000 real 384-d MiniLM vectors (recall@10 when the probed
+        partitions are searched exactly): partitions // 8 reaches 0.61 to 0.92
+        (8 to 128 partitions), 3 * sqrt(partitions) at least 0.96 at every count
+        from 16 to 128 (all 8 of 8; 34 of 128). Fewer probes trade recall for
+        speed: set `nprobe`.
+        """
+        if self.nprobe is not None:
+            return min(self.nprobe, self.partitions)
+        return min(self.partitions, math.ceil(3 * math.sqrt(self.partitions)))
 
     @classmethod
     def from_dict(cls, name: str, raw: Any, key: str | None = None) -> CollectionSchema:
@@ -133,6 +150,18 @@ class CollectionSchema:
                     raise ConfigError(
                         f"{key}.{int_key}: expected an integer in [{low}, {high}], got {v!r}"
                     )
+        nprobe = values.get("nprobe")
+        if nprobe is not None:
+            partitions = values.get("partitions", 1)
+            if (
+                isinstance(nprobe, bool)
+                or not isinstance(nprobe, int)
+                or not 1 <= nprobe <= partitions
+            ):
+                raise ConfigError(
+                    f"{key}.nprobe: expected an integer in [1, {partitions}] (the partition "
+                    f"count) or null for the default, got {nprobe!r}"
+                )
         for str_key, allowed in (
             ("metric", METRICS),
             ("strategy", STRATEGIES),

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from brainy.core.config import METRICS, CollectionSchema, ConfigError, store_url_from_env
+from brainy.core.config import (
+    METRICS,
+    STRATEGIES,
+    CollectionSchema,
+    ConfigError,
+    store_url_from_env,
+)
 from brainy.core.errors import BrainyError
 from brainy.entry.demo import DEMO_STORE, reset_store, run_demo
 from brainy.service.app import Brainy
@@ -139,6 +145,16 @@ def _collection_parser(sub: Subparsers) -> None:
     create.add_argument("--dimension", type=_positive, required=True)
     create.add_argument("--metric", choices=METRICS, default="angular")
     create.add_argument("--partitions", type=_positive, default=1)
+    create.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="hash",
+        help="hash: by id, every search probes every partition; semantic: by nearest "
+        "centroid, a search probes --nprobe (default: hash)",
+    )
+    create.add_argument(
+        "--nprobe", type=_positive, help="partitions a semantic search probes (default: auto)"
+    )
     create.add_argument("--seed", type=int, default=0)
     create.add_argument("--embedder", default="hash", help="text embedder (default: hash)")
     listing = add_command(actions, "list", "the declared collections", _run_collection_list)
@@ -314,6 +330,8 @@ def _run_collection_create(args: argparse.Namespace, session: Session) -> int:
             "dimension": args.dimension,
             "metric": args.metric,
             "partitions": args.partitions,
+            "strategy": args.strategy,
+            "nprobe": args.nprobe,
             "seed": args.seed,
             "embedder": args.embedder,
         },
@@ -328,6 +346,9 @@ def _run_collection_create(args: argparse.Namespace, session: Session) -> int:
 def _describe(schema: CollectionSchema) -> str:
     return (
         f"dimension {schema.dimension}, metric {schema.metric}, partitions {schema.partitions}, "
+        f"strategy {schema.strategy}"
+        + (f" (probing {schema.probes})" if schema.strategy == "semantic" else "")
+        + ", "
         f"seed {schema.seed}, embedder {schema.embedder}"
     )
 

@@ -25,3 +25,123 @@ def hash_partitions(ids: Sequence[str], partitions: int, seed: int) -> np.ndarra
     hashes = map(xxhash.xxh64_intdigest, map(str.encode, ids), repeat(seed))
     digests = np.fromiter(hashes, dtype=np.uint64, count=len(ids))
     return (digests % np.uint64(partitions)).astype(np.int64)
+
+
+# Semantic partitions (DESIGN §6): a row goes to its nearest centroid, a query
+# probes the partitions of its nearest centroids. "Nearest" is the collection's
+# metric, the same for rows and queries: cosine for angular (the centroids are
+# stored unit length, so the inner product ranks them), the inner product for
+# dot, the L2 distance for euclidean.
+
+# Rows scored against the centroids per matrix product: bounds the score matrix
+# (rows x partitions floats) whatever the input's size.
+_ROUTE_CHUNK = 8192
+
+
+def _centroid_scores(vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
+    """Higher is nearer, per (row, centroid)."""
+    dots = vectors @ centroids.T
+    if metric == "euclidean":
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2, and |x|^2 is the same for every c.
+        return 2 * dots - np.einsum("ij,ij->i", centroids, centroids)
+    return dots
+
+
+def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
+    """The partition (index of the nearest centroid) of every row of `vectors`: one
+    matrix product per chunk of rows."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    out = np.empty(len(vectors), dtype=np.int64)
+    for start in range(0, len(vectors), _ROUTE_CHUNK):
+        chunk = vectors[start : start + _ROUTE_CHUNK]
+        out[start : start + len(chunk)] = _centroid_scores(chunk, centroids, metric).argmax(axis=1)
+    return out
+
+
+def probed_partitions(
+    centroids: np.ndarray, query: np.ndarray, metric: str, nprobe: int
+) -> np.ndarray:
+    """The `nprobe` partitions whose centroids are nearest `query`, nearest first."""
+    scores = _centroid_scores(np.asarray(query, dtype=np.float32)[None, :], centroids, metric)[0]
+    nprobe = min(nprobe, scores.size)
+    best = np.argpartition(-scores, nprobe - 1)[:nprobe]
+    return best[np.argsort(-scores[best], kind="stable")]
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-30)
+
+
+def _sq_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Squared L2 distance of every point to every centre (points x centres)."""
+    d = (
+        np.einsum("ij,ij->i", points, points)[:, None]
+        - 2 * points @ centres.T
+        + np.einsum("ij,ij->i", centres, centres)[None, :]
+    )
+    return np.maximum(d, 0)
+
+
+def _assign(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    out = np.empty(len(points), dtype=np.int64)
+    for start in range(0, len(points), _ROUTE_CHUNK):
+        chunk = points[start : start + _ROUTE_CHUNK]
+        out[start : start + len(chunk)] = _sq_distances(chunk, centres).argmin(axis=1)
+    return out
+
+
+def _plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: each next centre drawn with probability proportional to
+    the squared distance to the nearest centre so far (one matrix-vector product
+    per centre)."""
+    n = len(points)
+    chosen = [int(rng.integers(n))]
+    d2 = _sq_distances(points, points[chosen]).ravel()
+    for _ in range(1, k):
+        total = float(d2.sum())
+        # Fewer distinct points than centres: the rest repeat a point (their
+        # partitions stay empty), drawn uniformly.
+        pick = int(rng.integers(n)) if total <= 0 else int(rng.choice(n, p=d2 / total))
+        chosen.append(pick)
+        d2 = np.minimum(d2, _sq_distances(points, points[pick : pick + 1]).ravel())
+    return points[chosen].copy()
+
+
+def train_centroids(
+    sample: np.ndarray, partitions: int, metric: str, seed: int, iterations: int = 10
+) -> np.ndarray:
+    """Seeded k-means on `sample`: k-means++ seeding, then Lloyd iterations.
+
+    For angular, spherical k-means (rows and centroids unit length), so the
+    centroids rank by cosine. For dot, plain L2 k-means: Lloyd's update does not
+    converge under the inner product (centroid norms grow without bound), and
+    partitions of nearby vectors are what pruning needs; rows are then routed by
+    the inner product, like queries.
+
+    Returns:
+        partitions x dimension float32 centroids; the same for the same sample and
+        seed on every run.
+    """
+    points = np.asarray(sample, dtype=np.float32)
+    if metric == "angular":
+        points = _unit(points)
+    rng = np.random.default_rng(seed)
+    centres = _plus_plus(points, partitions, rng)
+    labels = None
+    for _ in range(iterations):
+        new = _assign(points, centres)
+        if labels is not None and np.array_equal(new, labels):
+            break
+        labels = new
+        order = np.argsort(labels, kind="stable")
+        sorted_labels = labels[order]
+        starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+        present = sorted_labels[starts]
+        sums = np.add.reduceat(points[order], starts, axis=0)
+        counts = np.diff(np.r_[starts, len(points)])
+        # An empty cluster keeps its centre: deterministic, and it stays a centroid.
+        centres[present] = sums / counts[:, None]
+        if metric == "angular":
+            centres = _unit(centres)
+    return centres.astype(np.float32)

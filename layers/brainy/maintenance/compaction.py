@@ -17,6 +17,15 @@ A merge is deterministic — inputs in manifest order, rows in input order, only
 the rows live at the base version, tombstones at or above the floor — so a
 corrupt compacted segment can be rebuilt row for row from the inputs its
 lineage object names while the base version is retained.
+
+Level-0 rows go to a partition by the collection's strategy (DESIGN §6): the
+hash of the id, or, for a semantic collection, the nearest centroid. The
+centroids are trained (seeded k-means on a sample of the live level-0 rows) by
+the first compaction of a semantic collection with enough rows, written as an
+immutable object before its outputs are built, named by each output's lineage
+(a rebuild routes with them) and set in the manifest by the commit; every later
+compaction routes with the ones the manifest names. They never change: a
+retrain would mean rewriting every partition, which compaction does not do.
 """
 
 from __future__ import annotations
@@ -38,7 +47,8 @@ from typing import Any
 import numpy as np
 
 from brainy.core.config import CollectionSchema, Settings
-from brainy.format.partitioning import hash_partitions
+from brainy.format.centroids import read_centroids, write_centroids
+from brainy.format.partitioning import hash_partitions, nearest_centroids, train_centroids
 from brainy.format.segment import (
     BuiltSegment,
     LoadedSegment,
@@ -64,6 +74,14 @@ log = logging.getLogger(__name__)
 
 # A partition segment with more than this share of its rows masked is rewritten.
 DIRTY_FRACTION = 0.3
+# Centroids are trained on up to this many live rows per partition (and at most
+# SAMPLE_CAP rows): enough for k-means, bounded in memory and time.
+SAMPLE_PER_PARTITION = 64
+SAMPLE_CAP = 65_536
+# A semantic collection's first compaction waits for this many live level-0 rows
+# per partition: its centroids are kept for good, so they are not trained on a
+# handful of rows (level-0 segments are searched in full meanwhile).
+MIN_TRAINING_ROWS = 32
 
 
 class CompactionConflict(RuntimeError):
@@ -130,6 +148,8 @@ def plan_compaction(
     merged with the level-0 rows routed to it."""
     level0 = tuple(s for s in manifest.segments if s.level == 0)
     take_level0 = bool(level0) and (force or len(level0) >= settings.compact_min_segments)
+    if take_level0 and schema.strategy == "semantic" and manifest.centroids is None:
+        take_level0 = sum(s.live for s in level0) >= MIN_TRAINING_ROWS * schema.partitions
     by_partition: dict[int, list[SegmentRef]] = {}
     for ref in manifest.segments:
         if ref.level > 0:
@@ -158,6 +178,54 @@ def _dirty(ref: SegmentRef, force: bool, floor: int) -> bool:
         return True
     # Tombstones the floor has passed: rewritten when they are all the segment is.
     return bool(ref.tombstones) and ref.min_ts < floor and (force or ref.live == 0)
+
+
+@dataclass
+class _Routing:
+    """Which partition a level-0 row or tombstone goes to.
+
+    Rows: the id's hash, or for a semantic collection the nearest centroid.
+    Tombstones carry no vector, and go by the id's hash in both: a tombstone need
+    not share a partition with the rows of its id, because only writers read
+    tombstones (last-writer-wins reads the headers of every segment, never a
+    search's probe set), so any deterministic choice is correct, and the hash
+    spreads them evenly.
+
+    Attributes:
+        key: the centroids object (None: hash routing).
+        written_at: when this compaction wrote it (None: the manifest named it).
+    """
+
+    schema: CollectionSchema
+    centroids: np.ndarray | None = None
+    key: str | None = None
+    written_at: float | None = None
+
+    def rows(self, ids: Sequence[str], vectors: np.ndarray | None) -> np.ndarray:
+        """The partitions of rows with these ids and vectors (hash routing reads
+        no vector)."""
+        if self.centroids is None or vectors is None:
+            return hash_partitions(ids, self.schema.partitions, self.schema.seed)
+        return nearest_centroids(vectors, self.centroids, self.schema.metric)
+
+    def tombstones(self, ids: Sequence[str]) -> np.ndarray:
+        return hash_partitions(ids, self.schema.partitions, self.schema.seed)
+
+
+def _load_routing(store: ObjectStore, schema: CollectionSchema, key: str | None) -> _Routing:
+    if key is None:
+        return _Routing(schema)
+    return _Routing(schema, read_centroids(store, key), key)
+
+
+def _route_rows(
+    routing: _Routing, ids: Sequence[str], vectors: Iterable[np.ndarray]
+) -> Iterable[tuple[np.ndarray, np.ndarray, int]]:
+    """(vectors, their partitions, position of the first) per chunk of streamed rows."""
+    done = 0
+    for chunk in vectors:
+        yield chunk, routing.rows(ids[done : done + len(chunk)], chunk), done
+        done += len(chunk)
 
 
 class _RowMap:
@@ -253,9 +321,10 @@ class _Staged:
     held in memory. Per partition, a file of vectors (float32 rows) and a file of
     pickled parts (the columns each input gives it)."""
 
-    def __init__(self, folder: Path, schema: CollectionSchema) -> None:
+    def __init__(self, folder: Path, schema: CollectionSchema, routing: _Routing) -> None:
         self.folder = folder
         self.schema = schema
+        self.routing = routing
         self._rows: dict[int, int] = {}  # vectors written per partition
         self._parts: tuple[int, dict[str, _Part]] | None = None
 
@@ -265,19 +334,18 @@ class _Staged:
     def add(self, ref: SegmentRef, segment: LoadedSegment, masks: Masks, floor: int) -> None:
         """Split one level-0 input's live rows and kept tombstones by partition."""
         header = segment.header
-        n, seed = self.schema.partitions, self.schema.seed
         rows = np.flatnonzero(_unmasked(ref, header.count, masks))
-        row_parts = hash_partitions(_pick(header.ids, rows), n, seed)
         vectors = read_vectors(segment.ann_path, header.metric, header.dimension, rows).chunks
-        done = 0
-        for chunk in vectors:
-            for p, at in _groups(row_parts[done : done + len(chunk)]).items():
+        routed = [_NO_ROWS]
+        for chunk, parts, _ in _route_rows(self.routing, _pick(header.ids, rows), vectors):
+            routed.append(parts)
+            for p, at in _groups(parts).items():
                 with open(self._file(p, "f32"), "ab") as out:
                     out.write(chunk[at].data)
-            done += len(chunk)
+        row_parts = np.concatenate(routed)
         dead = header.tombstones
         kept = dead.timestamps >= floor
-        by_row, by_dead = _groups(row_parts), _groups(hash_partitions(dead.ids, n, seed))
+        by_row, by_dead = _groups(row_parts), _groups(self.routing.tombstones(dead.ids))
         for p in sorted(by_row.keys() | by_dead.keys()):
             taken = rows[by_row.get(p, _NO_ROWS)]
             in_partition = by_dead.get(p, _NO_ROWS)
@@ -325,6 +393,7 @@ class _Inputs:
         self.cache_dir = cache_dir
         self._segments: dict[str, LoadedSegment] = {}
         self._staged: _Staged | None = None
+        self.routing = _Routing(schema)
 
     def segment(self, ref: SegmentRef) -> LoadedSegment:
         if ref.id not in self._segments:
@@ -347,7 +416,8 @@ class _Inputs:
     def stage(self, level0: Sequence[SegmentRef], masks: Masks, floor: int) -> None:
         """Split the level-0 inputs by partition, for a merge with several outputs."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self._staged = _Staged(Path(tempfile.mkdtemp(dir=self.cache_dir)), self.schema)
+        folder = Path(tempfile.mkdtemp(dir=self.cache_dir))
+        self._staged = _Staged(folder, self.schema, self.routing)
         for ref in level0:
             self._staged.add(ref, self.segment(ref), masks, floor)
             self.release(ref)
@@ -358,6 +428,36 @@ class _Inputs:
             self.release(ref)
         if self._staged is not None:
             self._staged.drop(out.partition)
+
+    def _partitions_of(self, segment: LoadedSegment, rows: np.ndarray) -> np.ndarray:
+        """The partitions of a level-0 input's `rows` (semantic: its vectors streamed
+        through the centroids once)."""
+        header = segment.header
+        ids = _pick(header.ids, rows)
+        if self.routing.centroids is None:
+            return self.routing.rows(ids, None)
+        chunks = read_vectors(segment.ann_path, header.metric, header.dimension, rows).chunks
+        return np.concatenate(
+            [_NO_ROWS, *(p for _, p, _ in _route_rows(self.routing, ids, chunks))]
+        )
+
+    def sample(self, level0: Sequence[SegmentRef], masks: Masks, size: int) -> np.ndarray:
+        """`size` live rows of the level-0 inputs drawn without replacement by the
+        collection's seed (fewer if there are fewer), read a chunk at a time."""
+        live = [np.flatnonzero(_unmasked(r, self.segment(r).header.count, masks)) for r in level0]
+        ends = np.cumsum([rows.size for rows in live])
+        total = int(ends[-1]) if len(ends) else 0
+        rng = np.random.default_rng(self.schema.seed)
+        picks = np.sort(rng.choice(total, min(size, total), replace=False))
+        out: list[np.ndarray] = [np.zeros((0, self.schema.dimension), dtype=np.float32)]
+        for ref, rows, end in zip(level0, live, ends.tolist(), strict=True):
+            mine = picks[(picks >= end - rows.size) & (picks < end)] - (end - rows.size)
+            header = self.segment(ref).header
+            chunks = read_vectors(
+                self.segment(ref).ann_path, header.metric, header.dimension, rows[mine]
+            )
+            out.extend(chunk.copy() for chunk in chunks.chunks)
+        return np.concatenate(out)
 
     def part(self, ref: SegmentRef, partition: int, floor: int, masks: Masks) -> _Part:
         """What input `ref` gives the output of `partition`."""
@@ -370,9 +470,9 @@ class _Inputs:
         keep_dead = dead.timestamps >= floor
         tombstones_in = len(dead)
         if ref.level == 0:
-            n, seed = self.schema.partitions, self.schema.seed
-            live &= hash_partitions(header.ids, n, seed) == partition
-            in_partition = hash_partitions(dead.ids, n, seed) == partition
+            rows = np.flatnonzero(live)
+            live[rows[self._partitions_of(segment, rows) != partition]] = False
+            in_partition = self.routing.tombstones(dead.ids) == partition
             keep_dead &= in_partition
             tombstones_in = int(np.count_nonzero(in_partition))
         rows = np.flatnonzero(live)
@@ -434,8 +534,10 @@ def _apply(
     masks: Masks,
     lease_token: int | None,
     swept: float,
+    centroids: str | None = None,
 ) -> Manifest | None:
-    """The compaction's commit, rebased on `parent` (see the module doc)."""
+    """The compaction's commit, rebased on `parent` (see the module doc).
+    `centroids`: the centroids the level-0 rows were routed by (None: by hash)."""
     if lease_token is not None and (parent.lease_token or 0) > lease_token:
         raise LeaseLost(
             f"{parent.collection}: version {parent.version} was committed under lease token "
@@ -445,6 +547,8 @@ def _apply(
     inputs = {ref.id: ref for ref in plan.inputs}
     if any(sid not in current for sid in inputs):
         raise CompactionConflict(f"{parent.collection}: inputs already compacted away")
+    if centroids is not None and parent.centroids not in (None, centroids):
+        raise CompactionConflict(f"{parent.collection}: routed by centroids no longer current")
     new_refs = []
     for output, ref in outputs:
         fresh: list[np.ndarray] = []
@@ -466,6 +570,7 @@ def _apply(
         floor=plan.floor,
         swept=swept,
         lease_token=lease_token if lease_token is not None else parent.lease_token,
+        centroids=parent.centroids or centroids,
     )
 
 
@@ -532,7 +637,7 @@ def compact(
             report.version = base.version
             return report
         lease = leases.renew(lease)
-        outputs = _build_outputs(ctx, plan, schema)
+        outputs, routing = _build_outputs(ctx, plan, schema)
         try:
             lease = leases.renew(lease)
             if before_commit is not None:
@@ -548,9 +653,10 @@ def compact(
                     ctx.masks,
                     token,
                     swept,
+                    routing.key,  # read at each attempt: a stale upload rewrites it
                 )
 
-            manifest = _commit(ctx, collection, update, plan, outputs, schema)
+            manifest = _commit(ctx, collection, update, plan, outputs, schema, routing)
         except CompactionConflict:
             report.status = "conflict"
             return report
@@ -587,10 +693,13 @@ def _commit(
     plan: Plan,
     outputs: list[_Built],
     schema: CollectionSchema,
+    routing: _Routing,
 ) -> Manifest:
     manifests = ctx.manifests_of(collection)
     while True:
-        uploaded_at = min((at for _, _, at in outputs), default=None)
+        times = [at for _, _, at in outputs]
+        times += [routing.written_at] if routing.written_at is not None else []
+        uploaded_at = min(times, default=None)
         try:
             manifest, _ = manifests.commit(
                 update,
@@ -603,18 +712,43 @@ def _commit(
         except StaleUpload:
             # The build outlasted half the GC grace: a collector may take its first
             # uploads for orphans. Upload everything again under fresh keys.
+            if routing.written_at is not None and routing.centroids is not None:
+                routing.written_at = time.time()
+                routing.key = write_centroids(ctx.store, collection, routing.centroids)
             for i, (output, ref, _) in enumerate(outputs):
                 assert output.built is not None
                 at, new_ref = reupload(ctx.store, collection, output.built, ref)
-                lineage = write_lineage(ctx.store, collection, ref.id, plan, output.plan)
+                lineage = write_lineage(
+                    ctx.store, collection, ref.id, plan, output.plan, routing.key
+                )
                 outputs[i] = (output, replace(new_ref, lineage=lineage), at)
 
 
-def _build_outputs(ctx: Maintenance, plan: Plan, schema: CollectionSchema) -> list[_Built]:
+def _routing(ctx: Maintenance, plan: Plan, schema: CollectionSchema, inputs: _Inputs) -> _Routing:
+    """The centroids the manifest names; for a semantic collection's first merge of
+    level-0 rows, centroids trained on a sample of them and written (before any
+    output is built, so their upload is the merge's oldest)."""
+    if schema.strategy != "semantic":
+        return _Routing(schema)
+    if plan.base.centroids is not None or not plan.level0:
+        return _load_routing(ctx.store, schema, plan.base.centroids)
+    k = schema.partitions
+    sample = inputs.sample(plan.level0, ctx.masks, min(SAMPLE_PER_PARTITION * k, SAMPLE_CAP))
+    centroids = train_centroids(sample, k, schema.metric, schema.seed)
+    written_at = time.time()
+    key = write_centroids(ctx.store, schema.name, centroids)
+    log.info("%s: trained %d centroids on %d rows (%s)", schema.name, k, len(sample), key)
+    return _Routing(schema, centroids, key, written_at)
+
+
+def _build_outputs(
+    ctx: Maintenance, plan: Plan, schema: CollectionSchema
+) -> tuple[list[_Built], _Routing]:
     cache_dir = Path(ctx.settings.cache_dir)
     inputs = _Inputs(ctx.store, schema, cache_dir / "compaction")
     results: list[_Built] = []
     try:
+        routing = inputs.routing = _routing(ctx, plan, schema, inputs)
         if plan.level0 and len(plan.outputs) > 1:
             inputs.stage(plan.level0, ctx.masks, plan.floor)
         # One output at a time, each input deleted once merged: a merge holds one
@@ -627,7 +761,7 @@ def _build_outputs(ctx: Maintenance, plan: Plan, schema: CollectionSchema) -> li
             built = output.built
             uploaded_at = time.time()
             key = upload_segment(ctx.store, schema.name, built)
-            lineage = write_lineage(ctx.store, schema.name, built.id, plan, out)
+            lineage = write_lineage(ctx.store, schema.name, built.id, plan, out, routing.key)
             ref = SegmentRef.uploaded(
                 built,
                 key,
@@ -644,7 +778,7 @@ def _build_outputs(ctx: Maintenance, plan: Plan, schema: CollectionSchema) -> li
         raise
     finally:
         inputs.close()
-    return results
+    return results, routing
 
 
 def lineage_key(collection: str, segment_id: str) -> str:
@@ -652,10 +786,16 @@ def lineage_key(collection: str, segment_id: str) -> str:
 
 
 def write_lineage(
-    store: ObjectStore, collection: str, segment_id: str, plan: Plan, out: OutputPlan
+    store: ObjectStore,
+    collection: str,
+    segment_id: str,
+    plan: Plan,
+    out: OutputPlan,
+    centroids: str | None = None,
 ) -> str:
     """Record what a compacted segment was merged from (a side object the manifest
-    points at, so the manifest stays small however many inputs a merge had)."""
+    points at, so the manifest stays small however many inputs a merge had), and
+    the centroids its level-0 rows were routed by (None: by hash)."""
     body = {
         "segment": segment_id,
         "base_version": plan.base.version,
@@ -663,6 +803,7 @@ def write_lineage(
         "floor": plan.floor,
         "level0": [r.id for r in plan.level0],
         "inputs": [r.id for r in out.inputs],
+        "centroids": centroids,
     }
     key = lineage_key(collection, segment_id)
     # A fresh key: taken only by this put's own retry after a lost response.
@@ -689,6 +830,9 @@ def rebuild_compacted(
     others = tuple(by_id[sid] for sid in lineage["inputs"] if sid in by_id)
     plan = Plan(base, level0, (OutputPlan(lineage["partition"], others),), lineage["floor"])
     inputs = _Inputs(store, schema, cache_dir / "rebuild")
+    # Routed by the centroids the merge used: the first compaction's base version
+    # names none yet, its lineage does.
+    inputs.routing = _load_routing(store, schema, lineage.get("centroids"))
     try:
         output = _gather(plan, plan.outputs[0], inputs, Masks(store), cache_dir / "build")
     finally:

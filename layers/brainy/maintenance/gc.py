@@ -17,12 +17,12 @@ committer know its put cannot land in a slot a deleted version left
 
 **Segments and side objects** (`segments/`, `deletes/`, `meta/`). An object is
 kept while any retained version references it (a segment's key, its deletion
-file, its lineage). An unreferenced one is deleted once its modification time is
-older than `gc_grace`: a younger one may be uploaded for a commit still in
-flight, and a commit never references an upload older than half the grace (it
-uploads again instead), so nothing this run deletes can be referenced by a
-commit it did not see. The delete is conditional on the object being the one
-listed (same ETag and modification time).
+file, its lineage, the collection's centroids). An unreferenced one is deleted
+once its modification time is older than `gc_grace`: a younger one may be
+uploaded for a commit still in flight, and a commit never references an upload
+older than half the grace (it uploads again instead), so nothing this run
+deletes can be referenced by a commit it did not see. The delete is conditional
+on the object being the one listed (same ETag and modification time).
 
 **Batches.** A batch object in `<collection>/wal/` is deleted when all hold:
 
@@ -120,8 +120,9 @@ def retained_versions(
 
 
 def referenced_keys(manifest: Manifest) -> set[str]:
-    """Every object key `manifest` references: segments, deletion files, lineages."""
-    keys: set[str] = set()
+    """Every object key `manifest` references: segments, deletion files, lineages,
+    the centroids."""
+    keys: set[str] = {manifest.centroids} if manifest.centroids else set()
     for ref in manifest.segments:
         keys.add(ref.key)
         keys.update(k for k in (ref.deletes, ref.lineage) if k)

@@ -6,7 +6,9 @@ tombstones, timestamps, dimension, metric) and the ref's size with the object;
 its deletion file exists, decodes, passes its checksum and masks as many rows as
 the ref says, all in range; a compacted segment's lineage exists; no id is live
 twice and none is live behind a newer tombstone (last-writer-wins, `table.lww`);
-the stats written in the manifest agree with its segments; (deep) the batches
+the stats written in the manifest agree with its segments; the centroids object
+a semantic collection's manifest names exists, decodes, passes its checksum and
+holds one centroid per partition of the collection's dimension; (deep) the batches
 level-0 segments were built from, where still stored, decode.
 
 `maintenance.repair` acts on the report.
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from brainy.format.batch import Batch, CorruptBatch
+from brainy.format.centroids import CorruptCentroids, read_centroids
 from brainy.format.deletes import CorruptDeletionFile
 from brainy.format.segment import CorruptSegment, SegmentHeader, load_segment
 from brainy.storage import NotFound, ObjectStore
@@ -44,6 +47,8 @@ MISSING_LINEAGE = "missing-lineage"
 DUPLICATE_LIVE = "duplicate-live"
 LIVE_AFTER_DELETE = "live-after-delete"
 CORRUPT_BATCH = "corrupt-batch"
+MISSING_CENTROIDS = "missing-centroids"
+CORRUPT_CENTROIDS = "corrupt-centroids"
 
 REBUILDABLE = (MISSING_SEGMENT, CORRUPT_SEGMENT)
 RESOLVABLE = (DUPLICATE_LIVE, LIVE_AFTER_DELETE)
@@ -118,6 +123,8 @@ def verify(store: ObjectStore, collection: str, *, deep: bool = True) -> VerifyR
         return report
     report.version = manifest.version
     _check_stats(store, manifests, manifest, report)
+    if manifest.centroids is not None:
+        _check_centroids(store, manifest, manifest.centroids, report)
     masks = Masks(store)
     headers = HeaderCache(store)
     good: list[SegmentRef] = []
@@ -146,6 +153,22 @@ def _check_stats(
     stored = json.loads(store.get(key).data).get("stats")
     if stored != manifest.stats():
         report.add(STATS_MISMATCH, key, f"stats say {stored}, segments say {manifest.stats()}")
+
+
+def _check_centroids(
+    store: ObjectStore, manifest: Manifest, key: str, report: VerifyReport
+) -> None:
+    try:
+        centroids = read_centroids(store, key)
+    except NotFound:
+        report.add(MISSING_CENTROIDS, key, "referenced by the manifest but not stored")
+        return
+    except CorruptCentroids as e:
+        report.add(CORRUPT_CENTROIDS, key, str(e))
+        return
+    want = (manifest.schema.get("partitions"), manifest.schema.get("dimension"))
+    if centroids.shape != want:
+        report.add(CORRUPT_CENTROIDS, key, f"shape {centroids.shape}, schema says {want}")
 
 
 def _check_segment(

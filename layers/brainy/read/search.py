@@ -1,6 +1,13 @@
 """The search path (DESIGN §9): resolve the manifest, make sure each live segment is
 in the local cache, query segments in parallel, drop masked and filtered rows,
-merge best-first. Small segments (and selective filters) are searched exactly."""
+merge best-first. Small segments (and selective filters) are searched exactly.
+
+A semantic collection's search ranks its centroids for the query and searches
+the segments of the `nprobe` nearest partitions plus every level-0 segment (not
+yet routed); a probe that finds fewer than `k` hits (a selective filter, heavy
+masking) searches the other partitions too, so pruning never hides a match a
+full search would return. A collection never compacted has no centroids yet and
+is searched in full."""
 
 from __future__ import annotations
 
@@ -16,11 +23,13 @@ import numpy as np
 
 from brainy.core.config import CollectionSchema
 from brainy.core.errors import VersionNotVisible
+from brainy.format.centroids import read_centroids
+from brainy.format.partitioning import probed_partitions
 from brainy.format.segment import LoadedSegment
 from brainy.read.cache import CachedSegment, SegmentCache
 from brainy.storage import ObjectStore
 from brainy.table.deletions import Masks
-from brainy.table.manifest import Manifest, Manifests, ManifestView
+from brainy.table.manifest import Manifest, Manifests, ManifestView, SegmentRef
 
 Scored = tuple[float, str, Any]  # (score, id, metadata)
 
@@ -170,6 +179,19 @@ class Searcher:
         self._views_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(query_threads, thread_name_prefix="brainy-query")
         self.vectors_served = 0
+        # Centroids objects by key: immutable, so fetched once per process.
+        self._centroids: dict[str, np.ndarray] = {}
+        self._centroids_lock = threading.Lock()
+
+    def centroids(self, key: str) -> np.ndarray:
+        """The centroids object at `key` (one GET per key per process)."""
+        found = self._centroids.get(key)
+        if found is None:
+            with self._centroids_lock:
+                found = self._centroids.get(key)
+                if found is None:
+                    found = self._centroids[key] = read_centroids(self.store, key)
+        return found
 
     def view(self, collection: str) -> ManifestView:
         with self._views_lock:
@@ -208,20 +230,39 @@ class Searcher:
             return SearchResult([], 0)
         schema.check_compatible(manifest.schema)
         refs = [ref for ref in manifest.segments if ref.live > 0]
-        segments = self.cache.get_many(refs)
         query = np.asarray(query, dtype=np.float32)
+        rest: list[SegmentRef] = []
+        if manifest.centroids is not None:
+            centroids = self.centroids(manifest.centroids)
+            probed = set(probed_partitions(centroids, query, schema.metric, schema.probes).tolist())
+            chosen = [ref for ref in refs if ref.level == 0 or ref.partition in probed]
+            rest = [ref for ref in refs if not (ref.level == 0 or ref.partition in probed)]
+            refs = chosen
+        found = self._search_segments(refs, schema, query, k, filters)
+        if len(found) < k and rest:
+            found += self._search_segments(rest, schema, query, k, filters)
+        best = heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
+        hits = [Hit(rid, score, metadata) for score, rid, metadata in best]
+        self.vectors_served += len(hits)
+        return SearchResult(hits, manifest.version)
+
+    def _search_segments(
+        self,
+        refs: list[SegmentRef],
+        schema: CollectionSchema,
+        query: np.ndarray,
+        k: int,
+        filters: Mapping[str, Any] | None,
+    ) -> list[Scored]:
+        """The best `k` of each segment, in parallel, downloading those not cached."""
+        segments = self.cache.get_many(refs)
         parts = self._pool.map(
             lambda pair: search_segment(
                 pair[0], self.masks.blocked(pair[1]), schema, query, k, filters
             ),
             zip(segments, refs, strict=True),
         )
-        best = heapq.nsmallest(
-            k, (item for part in parts for item in part), key=lambda t: (-t[0], t[1])
-        )
-        hits = [Hit(rid, score, metadata) for score, rid, metadata in best]
-        self.vectors_served += len(hits)
-        return SearchResult(hits, manifest.version)
+        return [item for part in parts for item in part]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -148,6 +148,9 @@ class Manifest:
         floor: microseconds; records older than this are already applied or
             superseded (their tombstones may have been dropped), see the module doc.
         swept: epoch seconds; every batch object written before it is applied.
+        centroids: for a semantic collection once first compacted, the key of its
+            centroids object (`format.centroids`); set once, then carried forward
+            by every commit (each update derives its result from its parent).
         confirmed: when (by the reader's monotonic clock) this version was seen to
             be the newest; not stored.
     """
@@ -162,6 +165,7 @@ class Manifest:
     committed_by: str = ""
     commit_id: str = ""
     lease_token: int | None = None
+    centroids: str | None = None
     confirmed: float = field(default=float("-inf"), compare=False)
 
     @property
@@ -202,6 +206,8 @@ class Manifest:
             "lease_token": self.lease_token,
             "stats": self.stats(),
         }
+        if self.centroids is not None:
+            d["centroids"] = self.centroids
         return json.dumps(d, separators=(",", ":")).encode()
 
     @classmethod
@@ -220,6 +226,7 @@ class Manifest:
             committed_by=d.get("committed_by", ""),
             commit_id=d.get("commit_id", ""),
             lease_token=d.get("lease_token"),
+            centroids=d.get("centroids"),
         )
 
 

@@ -1,0 +1,82 @@
+"""Centroids objects and semantic routing: checksummed round trip, seeded training,
+rows routed to the centroid nearest by the collection's metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainy.format.centroids import (
+    CorruptCentroids,
+    decode_centroids,
+    encode_centroids,
+    read_centroids,
+    write_centroids,
+)
+from brainy.format.partitioning import nearest_centroids, probed_partitions, train_centroids
+from brainy.storage import open_store
+
+
+def _clusters(rng: np.random.Generator, n: int, dim: int, k: int) -> np.ndarray:
+    centres = rng.standard_normal((k, dim)).astype(np.float32) * 4
+    return centres[rng.integers(0, k, n)] + rng.standard_normal((n, dim)).astype(np.float32)
+
+
+def test_round_trip_and_every_flipped_byte_is_refused():
+    centroids = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    data = encode_centroids(centroids)
+    assert np.array_equal(decode_centroids(data), centroids)
+    for at in range(len(data)):
+        broken = bytearray(data)
+        broken[at] ^= 0x01
+        with pytest.raises(CorruptCentroids):
+            decode_centroids(bytes(broken), "k")
+    with pytest.raises(CorruptCentroids, match="k: checksum mismatch"):
+        decode_centroids(data[:-4], "k")
+    with pytest.raises(CorruptCentroids, match="k: not a Brainy centroids object"):
+        decode_centroids(b"BRAINYD1" + data[8:], "k")
+
+
+def test_written_under_a_fresh_key_and_read_back():
+    store = open_store("memory://centroids")
+    centroids = np.eye(4, dtype=np.float32)
+    first = write_centroids(store, "docs", centroids)
+    second = write_centroids(store, "docs", centroids)
+    assert first != second and first.startswith("docs/meta/centroids/")
+    assert np.array_equal(read_centroids(store, first), centroids)
+
+
+@pytest.mark.parametrize("metric", ["angular", "euclidean", "dot"])
+def test_training_is_seeded_and_rows_go_to_their_nearest_centroid(metric):
+    rng = np.random.default_rng(1)
+    rows = _clusters(rng, 22_000, 16, 8)
+    sample, rows = rows[:2000], rows[2000:]
+    centroids = train_centroids(sample, 8, metric, seed=3)
+    assert centroids.shape == (8, 16) and centroids.dtype == np.float32
+    assert np.array_equal(centroids, train_centroids(sample, 8, metric, seed=3))
+    if metric == "angular":
+        assert np.allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)
+    routed = nearest_centroids(rows, centroids, metric)
+    # The definition, row by row in float64: argmax of cosine / dot, argmin of L2.
+    if metric == "euclidean":
+        d = ((rows[:, None, :].astype(np.float64) - centroids[None]) ** 2).sum(-1)
+        best = d.min(axis=1)
+        mine = d[np.arange(len(rows)), routed]
+    else:
+        unit = rows / np.linalg.norm(rows, axis=1, keepdims=True) if metric == "angular" else rows
+        d = -(unit.astype(np.float64) @ centroids.T.astype(np.float64))
+        best = d.min(axis=1)
+        mine = d[np.arange(len(rows)), routed]
+    assert np.allclose(mine, best, rtol=1e-4, atol=1e-3)
+    # Eight well separated clusters: k-means++ finds them, so every partition is used.
+    assert len(np.unique(routed)) == 8
+    query = rows[0]
+    ranked = probed_partitions(centroids, query, metric, 3)
+    assert ranked[0] == routed[0] and len(set(ranked.tolist())) == 3
+
+
+def test_fewer_distinct_rows_than_partitions_still_trains():
+    sample = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)
+    centroids = train_centroids(sample, 8, "euclidean", seed=0)
+    assert centroids.shape == (8, 3) and np.isfinite(centroids).all()
+    assert set(nearest_centroids(sample, centroids, "euclidean").tolist()) <= set(range(8))
