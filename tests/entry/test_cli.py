@@ -141,6 +141,10 @@ def test_bad_line_names_the_field_and_writes_no_batch(brainy, url: str, tmp_path
         (["search", "--collection", "docs", "--text", "x", "--filter", "f"], "error: --filter"),
         (["status", "--collection", "nope"], "error: collection: unknown collection 'nope'"),
         (["collection", "create", "a/b", "--dimension", "3"], "error: collection: 'a/b'"),
+        (
+            ["collection", "create", "s", "--dimension", "3", "--partitions", "4", "--nprobe", "5"],
+            "error: collection.nprobe: expected an integer in [1, 4]",
+        ),
     ],
 )
 def test_user_errors_exit_2_with_a_message(brainy, args: list[str], message: str) -> None:
@@ -148,6 +152,16 @@ def test_user_errors_exit_2_with_a_message(brainy, args: list[str], message: str
     status, _, err = brainy(*args)
     assert status == 2
     assert err.startswith(message)
+
+
+def test_collection_create_semantic_with_nprobe(brainy) -> None:
+    args = ["--dimension", "4", "--partitions", "16", "--strategy", "semantic"]
+    status, out, _ = brainy("collection", "create", "docs", *args, "--nprobe", "3")
+    assert status == 0
+    assert "partitions 16, strategy semantic (probing 3)" in out
+    status, out, _ = brainy("collection", "list", "--json")
+    [docs] = json.loads(out)
+    assert (docs["strategy"], docs["nprobe"]) == ("semantic", 3)
 
 
 def test_collection_create_is_idempotent_but_refuses_a_new_dimension(brainy) -> None:
