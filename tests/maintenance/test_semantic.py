@@ -219,3 +219,33 @@ def test_the_strategy_of_a_collection_with_data_cannot_change(tmp_path):
             "docs", dimension=DIM, partitions=PARTITIONS, seed=5, strategy="semantic", nprobe=2
         )
     )
+
+
+def test_a_first_compaction_that_outlasts_the_gc_grace_rewrites_its_centroids(tmp_path):
+    import json
+    import time
+
+    grace = 0.5
+    url = f"memory://semantic-slow-{time.time_ns()}"
+    app = make_app(url, tmp_path, BRAINY_GC_GRACE=str(grace), BRAINY_TOMBSTONE_GRACE="0")
+    declare(app, dimension=DIM, partitions=PARTITIONS, strategy="semantic", seed=5)
+    keys = _batches(app, np.random.default_rng(8), 4, 80)
+    deleted: list[str] = []
+
+    def gc_while_building() -> None:
+        # The centroids and outputs are older than half the grace: a collector
+        # takes them for orphans and deletes them.
+        time.sleep(grace / 2 + 0.1)
+        settings = replace(app.settings, retention=0.0, gc_grace=grace)
+        report = collect_garbage(app.store, "docs", settings, now=time.time() + 10 * grace)
+        deleted.extend(report.deleted)
+
+    report = compact(app.maintenance, "docs", force=True, before_commit=gc_while_building)
+    assert report.status == "compacted"
+    manifest = _latest(url)
+    assert any("/meta/centroids/" in key for key in deleted)
+    assert manifest.centroids not in deleted and app.store.exists(manifest.centroids)
+    for ref in manifest.segments:
+        assert json.loads(app.store.get(ref.lineage).data)["centroids"] == manifest.centroids
+    assert verify(app.store, "docs").ok
+    assert live_state(url, "docs") == model_of(open_store(url, read_only=True), keys)

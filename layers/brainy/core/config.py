@@ -113,11 +113,11 @@ class CollectionSchema:
         """Partitions a search of a semantic collection probes: `nprobe`, or by
         default ceil(3 * sqrt(partitions)), capped at the partition count.
 
-        Measured on 30,000 real 384-d MiniLM vectors (recall@10 when the probed
-        partitions are searched exactly): partitions // 8 reaches 0.61 to 0.92
-        (8 to 128 partitions), 3 * sqrt(partitions) at least 0.96 at every count
-        from 16 to 128 (all 8 of 8; 34 of 128). Fewer probes trade recall for
-        speed: set `nprobe`.
+        Measured on 30,000 real 384-d MiniLM vectors (bench/partitions.py,
+        recall@10 through `Brainy.search`): partitions // 8 probes reach only 0.61
+        to 0.92 (8 to 128 partitions); 3 * sqrt(partitions) reaches 0.993, 0.968
+        and 0.957 at 16, 64 and 128 partitions (12, 24 and 34 probed). Fewer
+        probes trade recall for speed: set `nprobe`.
         """
         if self.nprobe is not None:
             return min(self.nprobe, self.partitions)
