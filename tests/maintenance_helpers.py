@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from brainy.core.config import CollectionSchema
+from brainy.maintenance.gc import collect_garbage
 from brainy.read.search import SegmentCache, search_segment
 from brainy.service.app import Brainy
 from brainy.storage import ObjectStore
@@ -69,3 +73,17 @@ def search_version(
         shutil.rmtree(folder, ignore_errors=True)
     hits.sort(key=lambda h: (-h[0], h[1]))
     return [(rid, round(score, 5)) for score, rid, _ in hits[:k]]
+
+
+def collect_mid_build(app: Brainy, grace: float, deleted: list[str]) -> Callable[[], None]:
+    """A compaction's `before_commit` hook: once its uploads are older than half the
+    GC grace, a collector sees them unreferenced and old, and deletes them (their
+    keys go to `deleted`)."""
+
+    def collect() -> None:
+        time.sleep(grace / 2 + 0.1)
+        settings = replace(app.settings, retention=0.0, gc_grace=grace)
+        report = collect_garbage(app.store, "docs", settings, now=time.time() + 10 * grace)
+        deleted.extend(report.deleted)
+
+    return collect

@@ -5,17 +5,15 @@ have deleted as an orphan."""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from brainy.maintenance.compaction import compact
-from brainy.maintenance.gc import collect_garbage
 from brainy.maintenance.verify import verify
 from brainy.storage import open_store
 from helpers import declare, live_state, make_app, model_of
-from maintenance_helpers import ingest_batch
+from maintenance_helpers import collect_mid_build, ingest_batch
 
 GRACE = 0.5
 
@@ -32,15 +30,7 @@ def test_a_compaction_that_outlasts_the_gc_grace_never_commits_a_deleted_segment
     for key in keys:
         app.index_key(key)
     deleted: list[str] = []
-
-    def gc_while_building() -> None:
-        # The outputs are uploaded and the build took longer than half the grace;
-        # a collector now sees them unreferenced and old, and deletes them.
-        time.sleep(GRACE / 2 + 0.1)
-        settings = replace(app.settings, retention=0.0, gc_grace=GRACE)
-        report = collect_garbage(app.store, "docs", settings, now=time.time() + 10 * GRACE)
-        deleted.extend(report.segments)
-
+    gc_while_building = collect_mid_build(app, GRACE, deleted)
     report = compact(app.maintenance, "docs", force=True, before_commit=gc_while_building)
     assert report.status == "compacted"
     assert deleted, "the collector deleted none of the uploaded outputs"

@@ -20,6 +20,7 @@ from brainy.maintenance.verify import MISSING_CENTROIDS, verify
 from brainy.storage import open_store
 from brainy.table.manifest import Manifests
 from helpers import declare, live_state, make_app, model_of
+from maintenance_helpers import collect_mid_build
 
 DIM = 8
 PARTITIONS = 6
@@ -70,16 +71,9 @@ def _latest(url: str):
     return Manifests(open_store(url), "docs").latest()
 
 
-@pytest.mark.parametrize("metric", ["angular", "euclidean", "dot"])
-def test_compaction_routes_every_row_to_its_nearest_centroid(tmp_path, metric):
-    url, app = _setup(tmp_path, f"route-{metric}", metric)
-    rng = np.random.default_rng(1)
-    keys = _batches(app, rng, 4, 80)
-    assert compact(app.maintenance, "docs").status == "compacted"
-
-    store = open_store(url)
-    manifest = _latest(url)
-    assert manifest.centroids is not None
+def _assert_routed(store, manifest, metric: str, tmp_path: Path) -> None:
+    """Every segment is compacted, every row sits in the partition of its nearest
+    centroid, and every tombstone in the partition of its id's hash."""
     centroids = read_centroids(store, manifest.centroids)
     assert centroids.shape == (PARTITIONS, DIM)
     assert all(ref.level == 1 for ref in manifest.segments)
@@ -91,6 +85,19 @@ def test_compaction_routes_every_row_to_its_nearest_centroid(tmp_path, metric):
         # Tombstones carry no vector: they go by the id's hash.
         dead = seg.header.tombstones.ids
         assert (hash_partitions(dead, PARTITIONS, 5) == ref.partition).all()
+
+
+@pytest.mark.parametrize("metric", ["angular", "euclidean", "dot"])
+def test_compaction_routes_every_row_to_its_nearest_centroid(tmp_path, metric):
+    url, app = _setup(tmp_path, f"route-{metric}", metric)
+    rng = np.random.default_rng(1)
+    keys = _batches(app, rng, 4, 80)
+    assert compact(app.maintenance, "docs").status == "compacted"
+
+    store = open_store(url)
+    manifest = _latest(url)
+    assert manifest.centroids is not None
+    _assert_routed(store, manifest, metric, tmp_path)
     assert len({ref.partition for ref in manifest.segments if ref.count}) > 1
     assert live_state(url, "docs") == model_of(open_store(url, read_only=True), keys)
 
@@ -109,16 +116,9 @@ def test_centroids_stay_and_the_live_set_stays_last_writer_wins(tmp_path):
     assert compact(app.maintenance, "docs", force=True).status == "compacted"
     manifest = _latest(url)
     assert manifest.centroids == first
-    assert all(ref.level == 1 for ref in manifest.segments)
     assert live_state(url, "docs") == model_of(open_store(url, read_only=True), keys)
     assert verify(open_store(url), "docs").ok
-    centroids = read_centroids(open_store(url), first)
-    for ref in manifest.segments:
-        seg = load_segment(open_store(url), ref.key, ref.id, tmp_path / "check")
-        if seg.count:
-            assert (
-                nearest_centroids(np.asarray(seg.vectors), centroids, "angular") == ref.partition
-            ).all()
+    _assert_routed(open_store(url), manifest, "angular", tmp_path)
 
 
 def test_the_first_compaction_waits_for_enough_rows_to_train_on(tmp_path):
@@ -231,15 +231,7 @@ def test_a_first_compaction_that_outlasts_the_gc_grace_rewrites_its_centroids(tm
     declare(app, dimension=DIM, partitions=PARTITIONS, strategy="semantic", seed=5)
     keys = _batches(app, np.random.default_rng(8), 4, 80)
     deleted: list[str] = []
-
-    def gc_while_building() -> None:
-        # The centroids and outputs are older than half the grace: a collector
-        # takes them for orphans and deletes them.
-        time.sleep(grace / 2 + 0.1)
-        settings = replace(app.settings, retention=0.0, gc_grace=grace)
-        report = collect_garbage(app.store, "docs", settings, now=time.time() + 10 * grace)
-        deleted.extend(report.deleted)
-
+    gc_while_building = collect_mid_build(app, grace, deleted)
     report = compact(app.maintenance, "docs", force=True, before_commit=gc_while_building)
     assert report.status == "compacted"
     manifest = _latest(url)
