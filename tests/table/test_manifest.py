@@ -154,3 +154,16 @@ def test_the_manifest_grows_with_segments_only(tmp_path: Path):
     # Per segment, the 30th version is no bigger than the 5th.
     assert sizes[-1] <= sizes[4] * 1.05
     assert max(sizes) < 1024
+
+
+def test_centroids_are_written_only_when_set_and_carried_by_every_commit():
+    from brainy.storage import open_store
+
+    plain = Manifest("docs", 1, {"dimension": 4})
+    assert b"centroids" not in plain.to_json()
+    named = replace(plain, centroids="docs/meta/centroids/x.f32")
+    assert Manifest.from_json(named.to_json()).centroids == "docs/meta/centroids/x.f32"
+    manifests = Manifests(open_store("memory://manifest-centroids"), "docs")
+    manifests.commit(lambda p: replace(p, centroids="c"), schema={}, committed_by="t")
+    later, _ = manifests.commit(lambda p: replace(p, swept=5.0), schema={}, committed_by="t")
+    assert later.version == 2 and manifests.load(2).centroids == "c"

@@ -203,9 +203,10 @@ class _Routing:
 
     def rows(self, ids: Sequence[str], vectors: np.ndarray | None) -> np.ndarray:
         """The partitions of rows with these ids and vectors (hash routing reads
-        no vector)."""
-        if self.centroids is None or vectors is None:
+        no vector: None will do)."""
+        if self.centroids is None:
             return hash_partitions(ids, self.schema.partitions, self.schema.seed)
+        assert vectors is not None, "semantic routing needs the rows' vectors"
         return nearest_centroids(vectors, self.centroids, self.schema.metric)
 
     def tombstones(self, ids: Sequence[str]) -> np.ndarray:

@@ -5,9 +5,9 @@ merge best-first. Small segments (and selective filters) are searched exactly.
 A semantic collection's search ranks its centroids for the query and searches
 the segments of the `nprobe` nearest partitions plus every level-0 segment (not
 yet routed); a probe that finds fewer than `k` hits (a selective filter, heavy
-masking) searches the other partitions too, so pruning never hides a match a
-full search would return. A collection never compacted has no centroids yet and
-is searched in full."""
+masking) searches the other partitions too, so pruning never answers with fewer
+hits than a full search would. A collection never compacted has no centroids yet
+and is searched in full."""
 
 from __future__ import annotations
 
