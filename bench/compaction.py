@@ -18,7 +18,8 @@ reused (hard-linked into a fresh copy for each run), so runs before and after a
 change compact the same data. Also reported: `build_segment` throughput, on one
 segment of 100,000 vectors every run (and over the level-0 builds, once).
 
-Run: `python -m bench.compaction [--n N] [--dim D] [--partitions P ...] [--label L]`;
+Run: `python -m bench.compaction [--n N] [--dim D] [--partitions P ...]
+[--strategy hash|semantic] [--label L]`;
 figures go to `bench/results/compaction.json` (one entry per label and configuration).
 """
 
@@ -53,6 +54,7 @@ class Config:
     n: int = 1_000_000
     dim: int = 384
     partitions: int = 1
+    strategy: str = "hash"  # hash | semantic (the first compaction trains centroids)
     segment_rows: int = 10_000
     masked: float = 0.01  # share of level-0 rows masked (superseded) before compaction
     n_trees: int = 16
@@ -100,6 +102,7 @@ def _schema(config: Config) -> CollectionSchema:
         dimension=config.dim,
         metric=config.metric,
         partitions=config.partitions,
+        strategy=config.strategy,
         seed=config.seed,
         n_trees=config.n_trees,
     )
@@ -288,6 +291,7 @@ _COLUMNS = (  # heading, width, the figure of one run
     ("n", 9, lambda r: r["config"]["n"]),
     ("dim", 4, lambda r: r["config"]["dim"]),
     ("P", 4, lambda r: r["config"]["partitions"]),
+    ("strategy", 8, lambda r: r["config"].get("strategy", "hash")),
     ("build vec/s", 11, lambda r: r.get("build_segment", {}).get("vectors_per_s", "")),
     ("seconds", 8, lambda r: r["seconds"]),
     ("rows/s", 8, lambda r: r["rows_per_s"]),
@@ -320,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         default=[1, 8],
         help="partition counts to run (one compaction each)",
     )
+    parser.add_argument("--strategy", choices=("hash", "semantic"), default=defaults.strategy)
     parser.add_argument("--segment-rows", type=int, default=defaults.segment_rows)
     parser.add_argument("--masked", type=float, default=defaults.masked)
     parser.add_argument("--n-trees", type=int, default=defaults.n_trees)

@@ -444,8 +444,13 @@ class _Inputs:
 
     def sample(self, level0: Sequence[SegmentRef], masks: Masks, size: int) -> np.ndarray:
         """`size` live rows of the level-0 inputs drawn without replacement by the
-        collection's seed (fewer if there are fewer), read a chunk at a time."""
-        live = [np.flatnonzero(_unmasked(r, self.segment(r).header.count, masks)) for r in level0]
+        collection's seed (fewer if there are fewer), read a chunk at a time.
+
+        Each input is downloaded here (staging finds it on disk) but not kept
+        loaded: holding every input's header at once would cost more memory than
+        the merge itself (ids and metadata of the whole collection).
+        """
+        live = [np.flatnonzero(_unmasked(r, r.count, masks)) for r in level0]
         ends = np.cumsum([rows.size for rows in live])
         total = int(ends[-1]) if len(ends) else 0
         rng = np.random.default_rng(self.schema.seed)
@@ -453,10 +458,9 @@ class _Inputs:
         out: list[np.ndarray] = [np.zeros((0, self.schema.dimension), dtype=np.float32)]
         for ref, rows, end in zip(level0, live, ends.tolist(), strict=True):
             mine = picks[(picks >= end - rows.size) & (picks < end)] - (end - rows.size)
-            header = self.segment(ref).header
-            chunks = read_vectors(
-                self.segment(ref).ann_path, header.metric, header.dimension, rows[mine]
-            )
+            segment = load_segment(self.store, ref.key, ref.id, self.cache_dir)
+            header = segment.header
+            chunks = read_vectors(segment.ann_path, header.metric, header.dimension, rows[mine])
             out.extend(chunk.copy() for chunk in chunks.chunks)
         return np.concatenate(out)
 
