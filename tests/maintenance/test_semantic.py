@@ -67,6 +67,16 @@ def _batches(app, rng, count: int, size: int, prefix: str = "r") -> list[str]:
     ]
 
 
+def _compacted(tmp_path: Path, name: str, seed: int, metric: str = "angular"):
+    """A semantic collection after four batches of 80 rows (each deleting a row of
+    the one before) and its first compaction: (url, app, rng, batch keys)."""
+    url, app = _setup(tmp_path, name, metric)
+    rng = np.random.default_rng(seed)
+    keys = _batches(app, rng, 4, 80)
+    assert compact(app.maintenance, "docs").status == "compacted"
+    return url, app, rng, keys
+
+
 def _latest(url: str):
     return Manifests(open_store(url), "docs").latest()
 
@@ -89,11 +99,7 @@ def _assert_routed(store, manifest, metric: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("metric", ["angular", "euclidean", "dot"])
 def test_compaction_routes_every_row_to_its_nearest_centroid(tmp_path, metric):
-    url, app = _setup(tmp_path, f"route-{metric}", metric)
-    rng = np.random.default_rng(1)
-    keys = _batches(app, rng, 4, 80)
-    assert compact(app.maintenance, "docs").status == "compacted"
-
+    url, _, _, keys = _compacted(tmp_path, f"route-{metric}", 1, metric)
     store = open_store(url)
     manifest = _latest(url)
     assert manifest.centroids is not None
@@ -103,10 +109,7 @@ def test_compaction_routes_every_row_to_its_nearest_centroid(tmp_path, metric):
 
 
 def test_centroids_stay_and_the_live_set_stays_last_writer_wins(tmp_path):
-    url, app = _setup(tmp_path, "lww")
-    rng = np.random.default_rng(2)
-    keys = _batches(app, rng, 4, 80)
-    compact(app.maintenance, "docs")
+    url, app, rng, keys = _compacted(tmp_path, "lww", 2)
     first = _latest(url).centroids
     # Re-upserts, deletes of compacted rows, new ids; then a second compaction
     # merges them into the partitions by the same centroids.
@@ -139,10 +142,7 @@ def test_the_first_compaction_waits_for_enough_rows_to_train_on(tmp_path):
 def test_repair_rebuilds_a_compacted_semantic_segment_row_for_row(tmp_path):
     from brainy.maintenance.repair import repair
 
-    url, app = _setup(tmp_path, "rebuild")
-    rng = np.random.default_rng(4)
-    keys = _batches(app, rng, 4, 80)
-    compact(app.maintenance, "docs")
+    url, app, _, keys = _compacted(tmp_path, "rebuild", 4)
     store = open_store(url)
     # The first compaction's base version names no centroids: the rebuild must
     # route by the ones its lineage names.
@@ -175,10 +175,7 @@ def test_repair_rebuilds_a_compacted_semantic_segment_row_for_row(tmp_path):
 
 
 def test_gc_keeps_the_centroids_and_collects_an_orphan(tmp_path):
-    url, app = _setup(tmp_path, "gc")
-    rng = np.random.default_rng(5)
-    _batches(app, rng, 4, 80)
-    compact(app.maintenance, "docs")
+    url, app, _, _ = _compacted(tmp_path, "gc", 5)
     store = open_store(url)
     key = _latest(url).centroids
     orphan = write_centroids(store, "docs", np.ones((PARTITIONS, DIM), dtype=np.float32))
@@ -190,9 +187,7 @@ def test_gc_keeps_the_centroids_and_collects_an_orphan(tmp_path):
 
 
 def test_verify_reports_missing_centroids(tmp_path):
-    url, app = _setup(tmp_path, "verify")
-    _batches(app, np.random.default_rng(6), 4, 80)
-    compact(app.maintenance, "docs")
+    url, _, _, _ = _compacted(tmp_path, "verify", 6)
     store = open_store(url)
     key = _latest(url).centroids
     store.delete(key)
