@@ -16,7 +16,7 @@ from brainy.format.partitioning import hash_partitions, nearest_centroids
 from brainy.format.segment import load_segment, upload_segment
 from brainy.maintenance.compaction import MIN_TRAINING_ROWS, compact, rebuild_compacted
 from brainy.maintenance.gc import collect_garbage
-from brainy.maintenance.verify import MISSING_CENTROIDS, verify
+from brainy.maintenance.verify import CORRUPT_CENTROIDS, MISSING_CENTROIDS, verify
 from brainy.storage import open_store
 from brainy.table.manifest import Manifests
 from helpers import declare, live_state, make_app, model_of
@@ -186,10 +186,15 @@ def test_gc_keeps_the_centroids_and_collects_an_orphan(tmp_path):
     assert verify(store, "docs").ok
 
 
-def test_verify_reports_missing_centroids(tmp_path):
+def test_verify_reports_corrupt_and_missing_centroids(tmp_path):
     url, _, _, _ = _compacted(tmp_path, "verify", 6)
     store = open_store(url)
     key = _latest(url).centroids
+    data = bytearray(store.get(key).data)
+    data[-1] ^= 0x01
+    store.put(key, bytes(data))
+    report = verify(store, "docs")
+    assert [(p.kind, p.key) for p in report.problems] == [(CORRUPT_CENTROIDS, key)]
     store.delete(key)
     report = verify(store, "docs")
     assert [(p.kind, p.key) for p in report.problems] == [(MISSING_CENTROIDS, key)]
