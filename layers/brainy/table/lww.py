@@ -18,7 +18,7 @@ from itertools import compress
 
 import numpy as np
 
-from brainy.format.segment import SegmentHeader
+from brainy.format.segment import SegmentHeader, Writers
 from brainy.table.deletions import Masks
 from brainy.table.headers import HeaderCache
 from brainy.table.manifest import Manifest, SegmentRef
@@ -77,7 +77,10 @@ def _columns(header: SegmentHeader, rows: np.ndarray | None = None) -> Iterator[
     else:
         picked = rows.tolist()
         ids, writers = header.ids, header.writers
-        yield [ids[r] for r in picked], header.timestamps[rows], [writers[r] for r in picked], rows
+        writers = (
+            writers.take(rows) if isinstance(writers, Writers) else [writers[r] for r in picked]
+        )
+        yield [ids[r] for r in picked], header.timestamps[rows], writers, rows
     dead = header.tombstones
     yield dead.ids, dead.timestamps, dead.writers, np.full(len(dead), TOMBSTONE)
 
@@ -218,6 +221,10 @@ class _Newest(Mapping[str, Copy]):
         self._used = live.size
 
     def _writer_codes(self, writers: Sequence[str]) -> np.ndarray:
+        if isinstance(writers, Writers):
+            # Coded already: translate the segment's table, not each row.
+            table = self._writer_codes(writers.names)
+            return table[writers.codes] if table.size else table
         new = set(writers) - self._writer_code.keys()
         if new:
             for writer in sorted(new):
