@@ -62,3 +62,5 @@ def test_writers_read_like_the_list_they_code():
     assert list(coded.take(np.array([5, 0, 3]))) == ["b", "b", "c"]
     assert Writers.of(coded) is coded
     assert list(Writers.of([])) == [] and Writers.of([]) == []
+    one = Writers.of(iter(["w"] * 3))
+    assert list(one) == ["w", "w", "w"] and one.names == ("w",)

@@ -346,10 +346,13 @@ class Writers(Sequence[str]):
     def of(cls, writers: Iterable[str]) -> Writers:
         if isinstance(writers, Writers):
             return writers
-        table: dict[str, int] = {}
-        code = table.setdefault
-        codes = np.fromiter((code(w, len(table)) for w in writers), dtype=np.int32)
-        return cls(codes.astype(np.min_scalar_type(max(len(table) - 1, 0))), table)
+        writers = writers if isinstance(writers, Sequence) else list(writers)
+        names = list(dict.fromkeys(writers))
+        dtype = np.min_scalar_type(max(len(names) - 1, 0))
+        if len(names) <= 1:  # the usual case: one writer per batch segment
+            return cls(np.zeros(len(writers), dtype=dtype), names)
+        code = {name: i for i, name in enumerate(names)}
+        return cls(np.fromiter(map(code.__getitem__, writers), dtype, len(writers)), names)
 
     def take(self, rows: np.ndarray) -> Writers:
         """The writers of `rows`."""
