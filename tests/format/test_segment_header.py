@@ -4,7 +4,9 @@ about ids, timestamps, writers and tombstones, without the rows' metadata."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from brainy.format import segment as seg
 from brainy.format.segment import (
     SegmentRows,
     Tombstones,
@@ -64,3 +66,13 @@ def test_writers_read_like_the_list_they_code():
     assert list(Writers.of([])) == [] and Writers.of([]) == []
     one = Writers.of(iter(["w"] * 3))
     assert list(one) == ["w", "w", "w"] and one.names == ("w",)
+
+
+@pytest.mark.parametrize("probe", [64, 1 << 20])
+def test_a_header_longer_than_the_first_read_is_read_whole(tmp_path, monkeypatch, probe):
+    monkeypatch.setattr(seg, "_HEADER_PROBE", probe)
+    store, key, rows = _segment(tmp_path, n=300)
+    for metadata in (True, False):
+        header = read_segment_header(store, key, metadata=metadata)
+        assert header.ids == list(rows.ids) and list(header.writers) == list(rows.writers)
+        assert header.metadata == (list(rows.metadata) if metadata else [])

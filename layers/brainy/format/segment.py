@@ -445,9 +445,14 @@ def read_segment_header(store: ObjectStore, key: str, *, metadata: bool = True) 
     (hlen,) = struct.unpack_from("<Q", data, len(MAGIC) + 16)
     end = _PREFIX_LEN + hlen
     if end > len(data):
-        data += store.get(key, byte_range=(len(data), end - 1)).data
+        # The whole header in one read: joining the rest to the probe, then slicing
+        # the header out, would hold it three times over.
+        raw = store.get(key, byte_range=(_PREFIX_LEN, end - 1)).data
+    else:
+        raw = data[_PREFIX_LEN:end]
+    del data, blob
     try:
-        return SegmentHeader.from_json(data[_PREFIX_LEN:end], metadata=metadata)
+        return SegmentHeader.from_json(raw, metadata=metadata)
     except (ValueError, KeyError) as e:
         raise CorruptSegment(f"{key}: bad header ({e})") from None
 
