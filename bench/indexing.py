@@ -228,6 +228,7 @@ def run(config: Config, workdir: Path, label: str) -> dict[str, Any]:
         "config": asdict(config),
         "collection_segments": setup.get("segments"),
         "statuses": figures["statuses"],
+        "batch_seconds": seconds,
         "cold_seconds": seconds[0],
         "warm_mean_seconds": round(float(warm.mean()), 4),
         "warm_p50_seconds": round(float(np.median(warm)), 4),
