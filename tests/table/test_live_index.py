@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from brainy.format.segment import SegmentRows, Tombstones, build_segment, upload_segment
 from brainy.storage import open_store
@@ -42,25 +43,25 @@ def _manifest(version: int, *refs: SegmentRef) -> Manifest:
     return replace(empty_manifest("c", {}), version=version, segments=refs)
 
 
-def _newest(store, manifest: Manifest, *, masked_too: bool = True) -> dict:
+def _newest(store, manifest: Manifest, *, masked_too: bool = True, slim: bool = False) -> dict:
     """The definition: per id, the winner among the copies the manifest holds
-    (unmasked only, or masked too: the same once losers are masked)."""
+    (unmasked only, or masked too: the same once losers are masked), read from full
+    headers or slim ones."""
     copies: dict = {}
     for ref in manifest.segments:
-        held = (
-            every_copy(ref, HeaderCache(store))
-            if masked_too
-            else copies_of(ref, HeaderCache(store), Masks(store))
-        )
+        headers = HeaderCache(store, keep_metadata=not slim)
+        held = every_copy(ref, headers) if masked_too else copies_of(ref, headers, Masks(store))
         for rid, copy in held:
             copies.setdefault(rid, []).append(copy)
     return {rid: winner(cs) for rid, cs in copies.items()}
 
 
-def test_an_index_kept_in_step_matches_one_built_from_scratch(tmp_path):
+@pytest.mark.parametrize("slim", [False, True])
+def test_an_index_kept_in_step_matches_one_built_from_scratch(tmp_path, slim):
     store = open_store("memory://live-index")
     masks = Masks(store)
-    index = LiveIndex(HeaderCache(store))
+    # An indexer's live index reads slim headers; the definition reads full ones.
+    index = LiveIndex(HeaderCache(store, keep_metadata=not slim))
     a = _segment(store, tmp_path, [f"id{i}" for i in range(10)], range(10))
     b = _segment(store, tmp_path, ["id2", "id3", "id11"], [20, 21, 22], dead=[("id4", 23)])
     # b's newer copies mask a's rows 2-4.
@@ -78,18 +79,21 @@ def test_an_index_kept_in_step_matches_one_built_from_scratch(tmp_path):
             kept = dict(index.at(manifest))
         assert kept == _newest(store, manifest), f"version {manifest.version}"
         assert kept == _newest(store, manifest, masked_too=False)
+        assert kept == _newest(store, manifest, masked_too=False, slim=slim)
         assert dict(LiveIndex(HeaderCache(store)).at(manifest)) == kept
     assert kept["id4"].is_tombstone
     assert kept["id2"].order == (20, "w")
 
 
-def test_random_histories_keep_every_id_at_its_winner(tmp_path):
+@pytest.mark.parametrize("slim", [False, True])
+def test_random_histories_keep_every_id_at_its_winner(tmp_path, slim):
     """Segments added (their losers masked, as the indexer does), merged (as
     compaction does, duplicate tombstones included), with timestamp ties broken by
     writer, and enough ids that the index grows and reuses its slots."""
     store = open_store("memory://live-index-random")
     masks = Masks(store)
-    index = LiveIndex(HeaderCache(store))
+    # An indexer's live index reads slim headers; the definition reads full ones.
+    index = LiveIndex(HeaderCache(store, keep_metadata=not slim))
     rng = np.random.default_rng(11)
     writers = ["b", "a", "B", "zz"]
     used: set[tuple[int, str]] = set()
@@ -142,3 +146,4 @@ def test_random_histories_keep_every_id_at_its_winner(tmp_path):
             kept = dict(index.at(manifest))
         assert kept == _newest(store, manifest), f"version {version}"
         assert kept == _newest(store, manifest, masked_too=False)
+        assert kept == _newest(store, manifest, masked_too=False, slim=slim)

@@ -77,16 +77,19 @@ class Batch:
     def decode(cls, data: bytes, key: str = "") -> Batch:
         if len(data) < len(MAGIC) + 24 or not data.startswith(MAGIC):
             raise CorruptBatch(f"{key}: not a Brainy batch (bad magic or truncated)")
-        digest, body = data[len(MAGIC) : len(MAGIC) + 16], data[len(MAGIC) + 16 :]
+        # Views, not slices: the vectors are most of a batch, and stay where they are
+        # (a read-only array over `data`).
+        view = memoryview(data)
+        digest, body = view[len(MAGIC) : len(MAGIC) + 16], view[len(MAGIC) + 16 :]
         if xxhash.xxh3_128_digest(body) != digest:
             raise CorruptBatch(f"{key}: checksum mismatch")
         try:
             (hlen,) = struct.unpack_from("<Q", body)
-            header = json.loads(body[8 : 8 + hlen])
+            header = json.loads(bytes(body[8 : 8 + hlen]))
             ops = list(header["ops"])
             dim = int(header["dimension"])
             upserts = ops.count(UPSERT)
-            vectors = np.frombuffer(body[8 + hlen :], dtype="<f4").astype(np.float32)
+            vectors = np.frombuffer(body[8 + hlen :], dtype="<f4").astype(np.float32, copy=False)
             vectors = vectors.reshape(upserts, dim) if dim else vectors.reshape(0, 0)
             batch = cls(
                 collection=header["collection"],

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -328,41 +328,116 @@ def upload_segment(
     return key
 
 
+class Writers(Sequence[str]):
+    """The writer of each row, held as a code per row into a table of names.
+
+    A segment's rows come from a few writers; a name per row would be a string
+    object each (~60 bytes), more than the rest of a slim header together.
+    Reads like the list of names it stands for.
+    """
+
+    __slots__ = ("codes", "names")
+
+    def __init__(self, codes: np.ndarray, names: Sequence[str]) -> None:
+        self.codes = codes
+        self.names = tuple(names)
+
+    @classmethod
+    def of(cls, writers: Iterable[str]) -> Writers:
+        if isinstance(writers, Writers):
+            return writers
+        writers = writers if isinstance(writers, Sequence) else list(writers)
+        names = list(dict.fromkeys(writers))
+        dtype = np.min_scalar_type(max(len(names) - 1, 0))
+        if len(names) <= 1:  # the usual case: one writer per batch segment
+            return cls(np.zeros(len(writers), dtype=dtype), names)
+        code = {name: i for i, name in enumerate(names)}
+        return cls(np.fromiter(map(code.__getitem__, writers), dtype, len(writers)), names)
+
+    def take(self, rows: np.ndarray) -> Writers:
+        """The writers of `rows`."""
+        return Writers(self.codes[rows], self.names)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return Writers(self.codes[i], self.names)
+        return self.names[self.codes[i]]
+
+    def __iter__(self) -> Iterator[str]:
+        return map(self.names.__getitem__, self.codes.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Writers({list(self)!r})"
+
+
 @dataclass(frozen=True)
 class SegmentHeader:
-    """What a segment says about its rows, without the index."""
+    """What a segment says about its rows, without the index.
+
+    A slim header (`from_json(raw, metadata=False)`) has no metadata and its
+    writers as `Writers`: what last-writer-wins needs, and no more.
+    """
 
     dimension: int
     metric: str
     count: int
     ids: list[str]
     timestamps: np.ndarray
-    writers: list[str]
+    writers: Sequence[str]
     metadata: list[Any]
     tombstones: Tombstones = field(default_factory=Tombstones)
 
     @classmethod
-    def from_json(cls, raw: bytes) -> SegmentHeader:
-        h = json.loads(raw)
+    def from_json(cls, raw: bytes, *, metadata: bool = True) -> SegmentHeader:
+        # Without metadata, each row's metadata object is dropped as soon as it is
+        # parsed (the hook sees every JSON object, innermost first; only the header
+        # and its tombstones hold "ids"), not held until the whole header is.
+        h = json.loads(raw) if metadata else json.loads(raw, object_hook=_tables_only)
         dead = h.get("tombstones") or {}
-        return cls(
+        header = cls(
             dimension=h["dimension"],
             metric=h["metric"],
             count=h["count"],
             ids=h["ids"],
             timestamps=np.asarray(h["timestamps"], dtype=np.int64),
             writers=h["writers"],
-            metadata=h["metadata"],
+            metadata=h["metadata"] if metadata else [],
             tombstones=Tombstones(
                 ids=dead.get("ids", []),
                 timestamps=np.asarray(dead.get("timestamps", []), dtype=np.int64),
                 writers=dead.get("writers", []),
             ),
         )
+        return header if metadata else header.slim()
+
+    def slim(self) -> SegmentHeader:
+        """This header without metadata, its writers coded (see `Writers`)."""
+        dead = self.tombstones
+        return replace(
+            self,
+            writers=Writers.of(self.writers),
+            metadata=[],
+            tombstones=replace(dead, writers=Writers.of(dead.writers)),
+        )
 
 
-def read_segment_header(store: ObjectStore, key: str) -> SegmentHeader:
-    """Fetch only the header of a segment, by ranged GETs (one for most segments)."""
+def _tables_only(obj: dict[str, Any]) -> dict[str, Any] | None:
+    return obj if "ids" in obj else None
+
+
+def read_segment_header(store: ObjectStore, key: str, *, metadata: bool = True) -> SegmentHeader:
+    """Fetch only the header of a segment, by ranged GETs (one for most segments);
+    without `metadata`, a slim one (see `SegmentHeader`)."""
     blob = store.get(key, byte_range=(0, _HEADER_PROBE - 1))
     data = blob.data
     if not data.startswith(MAGIC) or len(data) < _PREFIX_LEN:
@@ -370,9 +445,14 @@ def read_segment_header(store: ObjectStore, key: str) -> SegmentHeader:
     (hlen,) = struct.unpack_from("<Q", data, len(MAGIC) + 16)
     end = _PREFIX_LEN + hlen
     if end > len(data):
-        data += store.get(key, byte_range=(len(data), end - 1)).data
+        # The whole header in one read: joining the rest to the probe, then slicing
+        # the header out, would hold it three times over.
+        raw = store.get(key, byte_range=(_PREFIX_LEN, end - 1)).data
+    else:
+        raw = data[_PREFIX_LEN:end]
+    del data, blob
     try:
-        return SegmentHeader.from_json(data[_PREFIX_LEN:end])
+        return SegmentHeader.from_json(raw, metadata=metadata)
     except (ValueError, KeyError) as e:
         raise CorruptSegment(f"{key}: bad header ({e})") from None
 

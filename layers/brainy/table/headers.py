@@ -8,7 +8,6 @@ resolve last-writer-wins without downloading indexes.
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 
 from brainy.format.segment import SegmentHeader, read_segment_header
 from brainy.storage import ObjectStore
@@ -21,8 +20,9 @@ class HeaderCache:
     Args:
         store: the bucket.
         keep_metadata: keep the rows' metadata too. Last-writer-wins needs only
-            ids, timestamps, writers and tombstones; an indexer drops the
-            metadata, which is most of a header's memory.
+            ids, timestamps, writers and tombstones; an indexer keeps slim
+            headers (`SegmentHeader.slim`: no metadata, writers as codes), so a
+            header costs about what its ids do.
     """
 
     def __init__(self, store: ObjectStore, *, keep_metadata: bool = True) -> None:
@@ -33,7 +33,7 @@ class HeaderCache:
 
     def put(self, segment_id: str, header: SegmentHeader) -> None:
         if not self.keep_metadata:
-            header = replace(header, metadata=[])
+            header = header.slim()
         with self._lock:
             self._headers[segment_id] = header
 
@@ -41,7 +41,8 @@ class HeaderCache:
         with self._lock:
             header = self._headers.get(ref.id)
         if header is None:
-            self.put(ref.id, read_segment_header(self.store, ref.key))
+            header = read_segment_header(self.store, ref.key, metadata=self.keep_metadata)
+            self.put(ref.id, header)
             with self._lock:
                 header = self._headers[ref.id]
         return header

@@ -18,7 +18,7 @@ from itertools import compress
 
 import numpy as np
 
-from brainy.format.segment import SegmentHeader
+from brainy.format.segment import SegmentHeader, Writers
 from brainy.table.deletions import Masks
 from brainy.table.headers import HeaderCache
 from brainy.table.manifest import Manifest, SegmentRef
@@ -77,7 +77,10 @@ def _columns(header: SegmentHeader, rows: np.ndarray | None = None) -> Iterator[
     else:
         picked = rows.tolist()
         ids, writers = header.ids, header.writers
-        yield [ids[r] for r in picked], header.timestamps[rows], [writers[r] for r in picked], rows
+        writers = (
+            writers.take(rows) if isinstance(writers, Writers) else [writers[r] for r in picked]
+        )
+        yield [ids[r] for r in picked], header.timestamps[rows], writers, rows
     dead = header.tombstones
     yield dead.ids, dead.timestamps, dead.writers, np.full(len(dead), TOMBSTONE)
 
@@ -206,18 +209,34 @@ class _Newest(Mapping[str, Copy]):
         return np.arange(start, self._used)
 
     def _grow(self, more: int) -> None:
-        """Room for `more` slots: freed slots given back first, then arrays enlarged."""
-        live = np.fromiter(self._slot.values(), dtype=np.int64, count=len(self._slot))
-        size = max((live.size + more) * 3 // 2, 1024)
+        """Room for `more` slots: freed slots given back first if they are worth it
+        (a quarter of those in use), then the arrays enlarged.
+
+        Slots are renumbered in place, by replacing the dict's values: a second
+        dict of every id, built beside the first, was the largest transient of a
+        cold start (~70 MB at 1M ids)."""
+        live = len(self._slot)
+        reclaim = self._used - live > live // 4
+        kept = live if reclaim else self._used
+        size = max((kept + more) * 3 // 2, 1024)
+        if reclaim:
+            order = np.fromiter(self._slot.values(), dtype=np.int64, count=live)
         for name in ("_ts", "_writer", "_segment", "_row"):
             old = getattr(self, name)
             column = np.zeros(size, dtype=old.dtype)
-            column[: live.size] = old[live]
+            column[:kept] = old[order] if reclaim else old[:kept]
             setattr(self, name, column)
-        self._slot = dict(zip(self._slot, range(live.size), strict=True))
-        self._used = live.size
+        if reclaim:
+            slot = self._slot
+            for new, rid in enumerate(list(slot)):
+                slot[rid] = new
+            self._used = live
 
     def _writer_codes(self, writers: Sequence[str]) -> np.ndarray:
+        if isinstance(writers, Writers):
+            # Coded already: translate the segment's table, not each row.
+            table = self._writer_codes(writers.names)
+            return table[writers.codes] if table.size else table
         new = set(writers) - self._writer_code.keys()
         if new:
             for writer in sorted(new):

@@ -69,17 +69,21 @@ def build_batch_segment(batch: Batch, winners: list[int]) -> tuple[SegmentRows, 
     """The rows (winning upserts) and tombstones (winning deletes) of the segment
     for `batch`, and each winner's row in it (`TOMBSTONE` for a delete)."""
     picked = np.asarray(winners, dtype=np.int64)
-    is_upsert = np.asarray(batch.ops, dtype="<U1")[picked] == UPSERT
-    upsert_row = np.cumsum(np.asarray(batch.ops, dtype="<U1") == UPSERT) - 1
+    upsert = np.asarray(batch.ops, dtype="<U1") == UPSERT
+    is_upsert = upsert[picked]
     ups, dels = picked[is_upsert], picked[~is_upsert]
     rows = np.full(picked.size, TOMBSTONE, dtype=np.int64)
     rows[is_upsert] = np.arange(ups.size)
+    vector_rows = (np.cumsum(upsert) - 1)[ups]
     seg_rows = SegmentRows(
         ids=[batch.ids[i] for i in ups.tolist()],
         timestamps=batch.timestamps[ups],
         writers=[batch.writer] * int(ups.size),
         metadata=[batch.metadata[i] for i in ups.tolist()],
-        vectors=batch.vectors[upsert_row[ups]] if ups.size else batch.vectors[:0],
+        # Usually every upsert wins: then the batch's vectors are the rows, uncopied.
+        vectors=batch.vectors
+        if vector_rows.size == len(batch.vectors)
+        else batch.vectors[vector_rows],
         tombstones=Tombstones(
             ids=[batch.ids[i] for i in dels.tolist()],
             timestamps=batch.timestamps[dels],
