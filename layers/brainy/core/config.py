@@ -215,6 +215,12 @@ class Settings:
     max_k: int = 1000
     download_threads: int = 8
     query_threads: int = 4
+    # Collections a search instance loads into its cache at start-up, in the
+    # background (("*",): every declared collection).
+    warmup: tuple[str, ...] = ()
+    # After a query that probed only part of a collection, load the rest of it
+    # into the cache in the background, one segment at a time.
+    background_warm: bool = True
     # Old manifest versions (and what they reference) stay readable this long.
     retention: float = 3600.0
     # Applied batches are kept this long (repair rebuilds segments from them).
@@ -291,6 +297,31 @@ def _text(value: Any, key: str) -> str:
     return value
 
 
+def _flag(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _FLAGS:
+        return _FLAGS[value.strip().lower()]
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+_FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _collection_names(value: Any, key: str) -> tuple[str, ...]:
+    """A list of collection names, or `"*"` for all; the environment's form is a
+    comma-separated string."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of collection names or '*', got {value!r}")
+    if "*" in value:
+        return ("*",)
+    for name in value:
+        validate_name(name, key)
+    return tuple(dict.fromkeys(value))
+
+
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -320,6 +351,8 @@ _PARSERS = {
     "max_k": _int_in(1, 100_000),
     "download_threads": _int_in(1, 256),
     "query_threads": _int_in(1, 256),
+    "warmup": _collection_names,
+    "background_warm": _flag,
     "retention": parse_duration,
     "batch_retention": parse_duration,
     "gc_grace": parse_duration,
