@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from brainy.format.segment import LoadedSegment, load_segment
@@ -20,6 +21,24 @@ class CachedSegment:
     def __init__(self, loaded: LoadedSegment) -> None:
         self.loaded = loaded
         self.filters = FilterIndex(loaded.header.metadata)
+
+
+@dataclass
+class Warmed:
+    """What one warm-up did to the cache.
+
+    Attributes:
+        loaded: segments loaded now (downloaded, or found on disk from an
+            earlier process).
+        bytes: their size on local disk.
+        cached: segments that were in the cache already.
+        skipped: segments left out because they did not fit in the budget.
+    """
+
+    loaded: int = 0
+    bytes: int = 0
+    cached: int = 0
+    skipped: list[str] = field(default_factory=list)
 
 
 class SegmentCache:
@@ -51,6 +70,9 @@ class SegmentCache:
         # within budget costs nothing however many segments are cached.
         self._bytes = 0
         self._inflight: dict[str, Future[CachedSegment]] = {}
+        # Downloads a warm-up started, by id: their bytes count against the budget
+        # before they land.
+        self._planned: dict[str, SegmentRef] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="brainy-download")
         self.hits = 0
@@ -84,6 +106,53 @@ class SegmentCache:
         self._evict(keep={ref.id for ref in refs})
         return result
 
+    def cached(self, ref: SegmentRef) -> bool:
+        return ref.id in self._entries
+
+    def warm(self, refs: list[SegmentRef], *, parallel: bool = True) -> Warmed:
+        """Load the segments `refs` name that are not cached, in their order, as
+        long as each fits in the budget beside what is cached: a warm-up never
+        evicts (what queries use outranks what might be), it stops short instead.
+
+        Args:
+            parallel: download in parallel; otherwise one at a time, so that a
+                background warm-up holds at most one download thread and the
+                queries' downloads never queue behind a whole collection.
+
+        Raises:
+            StorageError: a download failed.
+            CorruptSegment: a segment fails its checksum.
+        """
+        warmed = Warmed()
+        pending: list[Future[CachedSegment]] = []
+        for ref in refs:
+            with self._lock:
+                if ref.id in self._entries:
+                    warmed.cached += 1
+                    continue
+                fut = self._inflight.get(ref.id)
+                if fut is None:
+                    # What is being downloaded lands in the cache too: count it.
+                    planned = self._bytes + sum(r.bytes for r in self._planned.values())
+                    if planned + ref.bytes > self.max_bytes:
+                        warmed.skipped.append(ref.id)
+                        continue
+                    self._planned[ref.id] = ref
+                    fut = self._pool.submit(self._load, ref)
+                    self._inflight[ref.id] = fut
+            if parallel:
+                pending.append(fut)
+            else:
+                self._count(warmed, fut.result())
+        for fut in pending:
+            self._count(warmed, fut.result())
+        return warmed
+
+    @staticmethod
+    def _count(warmed: Warmed, entry: CachedSegment) -> None:
+        warmed.loaded += 1
+        warmed.bytes += entry.loaded.size
+
     def _load(self, ref: SegmentRef) -> CachedSegment:
         try:
             entry = CachedSegment(load_segment(self.store, ref.key, ref.id, self.cache_dir))
@@ -97,6 +166,7 @@ class SegmentCache:
         finally:
             with self._lock:
                 self._inflight.pop(ref.id, None)
+                self._planned.pop(ref.id, None)
 
     def _evict(self, keep: set[str]) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from brainy.format.centroids import read_centroids
 from brainy.format.partitioning import probed_partitions
 from brainy.format.segment import LoadedSegment
 from brainy.read.cache import CachedSegment, SegmentCache
+from brainy.read.warmup import BackgroundWarmer, WarmReport
 from brainy.storage import ObjectStore
 from brainy.table.deletions import Masks
 from brainy.table.manifest import Manifest, Manifests, ManifestView, SegmentRef
@@ -170,6 +172,7 @@ class Searcher:
         refresh_interval: float,
         query_threads: int = 4,
         download_threads: int = 8,
+        background_warm: bool = True,
     ) -> None:
         self.store = store
         self.refresh_interval = refresh_interval
@@ -182,6 +185,11 @@ class Searcher:
         # Centroids objects by key: immutable, so fetched once per process.
         self._centroids: dict[str, np.ndarray] = {}
         self._centroids_lock = threading.Lock()
+        self._background = (
+            BackgroundWarmer(lambda name: self.warm(name, parallel=False))
+            if background_warm
+            else None
+        )
 
     def centroids(self, key: str) -> np.ndarray:
         """The centroids object at `key` (one GET per key per process)."""
@@ -241,10 +249,50 @@ class Searcher:
         found = self._search_segments(refs, schema, query, k, filters)
         if len(found) < k and rest:
             found += self._search_segments(rest, schema, query, k, filters)
+        elif self._background is not None and any(not self.cache.cached(r) for r in rest):
+            # The next query may probe other partitions: fetch them now, behind
+            # this answer, rather than in front of that one.
+            self._background.request(schema.name, manifest.version)
         best = heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
         hits = [Hit(rid, score, metadata) for score, rid, metadata in best]
         self.vectors_served += len(hits)
         return SearchResult(hits, manifest.version)
+
+    def warm(self, collection: str, *, parallel: bool = True) -> WarmReport:
+        """Load the newest manifest's live segments (level-0 first: every query
+        searches them), their deletion files and the centroids into the cache,
+        within its budget.
+
+        Args:
+            parallel: download in parallel (an explicit warm-up), or one segment
+                at a time (in the background, beside queries).
+
+        Raises:
+            StorageError: the manifest or an object could not be read.
+            CorruptSegment: a segment fails its checksum.
+        """
+        started = time.perf_counter()
+        manifest = self.manifest(collection)
+        if manifest is None:
+            return WarmReport(collection, 0, 0, 0, 0, 0, 0, time.perf_counter() - started)
+        if manifest.centroids is not None:
+            self.centroids(manifest.centroids)
+        refs = sorted((ref for ref in manifest.segments if ref.live > 0), key=lambda r: r.level > 0)
+        warmed = self.cache.warm(refs, parallel=parallel)
+        skipped = set(warmed.skipped)
+        for ref in refs:
+            if ref.id not in skipped:
+                self.masks.blocked(ref)
+        return WarmReport(
+            collection,
+            manifest.version,
+            len(refs),
+            warmed.loaded,
+            warmed.bytes,
+            warmed.cached,
+            len(skipped),
+            time.perf_counter() - started,
+        )
 
     def _search_segments(
         self,
@@ -265,5 +313,7 @@ class Searcher:
         return [item for part in parts for item in part]
 
     def close(self) -> None:
+        if self._background is not None:
+            self._background.close()
         self._pool.shutdown(wait=False)
         self.cache.close()
