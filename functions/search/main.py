@@ -1,4 +1,5 @@
-"""search — read-only HTTP function: `POST /search` answers k nearest neighbours."""
+"""search — read-only HTTP function: `POST /search` answers k nearest neighbours;
+`POST /warmup` fills the cache ahead of queries."""
 
 import time
 
@@ -21,6 +22,24 @@ def _search(app, request: Request) -> Response:
     )
 
 
+def _warmup(app, request: Request) -> Response:
+    reports = app.warmup(web.json_body(request, app.settings.max_body_size, empty={}))
+    return web.json_response(200, {"collections": [r.to_dict() for r in reports]})
+
+
+def _start(app) -> None:
+    app.start_warmup()
+
+
+# Warm-up at start begins as soon as the serving process exists, not at its first request.
+web.start_after_fork("search", _start)
+
+
 @functions_framework.http
 def search(request: Request) -> Response:
-    return web.serve(request, "search", {("POST", "/search"): _search, ("POST", "/"): _search})
+    return web.serve(
+        request,
+        "search",
+        {("POST", "/search"): _search, ("POST", "/"): _search, ("POST", "/warmup"): _warmup},
+        on_start=_start,
+    )

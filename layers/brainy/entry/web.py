@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -88,13 +89,17 @@ _instances: dict[str, Any] = {}
 _instances_lock = threading.Lock()
 
 
-def instance(role: str) -> Any:
+def instance(role: str, on_start: Callable[[Any], object] | None = None) -> Any:
     """The process's Brainy instance for `role`, created on first use from the
     environment (a cold start reads the config once; warm calls reuse it).
 
     functions-framework serves requests on threads: the first requests of a cold
     instance wait for one Brainy rather than each building its own (with its own
     caches and metrics). A failed start is not kept, so the next request retries.
+
+    Args:
+        on_start: run once on the new instance (it must not block: it delays
+            the request that created the instance).
     """
     from brainy.service.app import Brainy
 
@@ -104,17 +109,49 @@ def instance(role: str) -> Any:
             app = _instances.get(role)
             if app is None:
                 app = _instances[role] = Brainy.from_env(role)
+                if on_start is not None:
+                    on_start(app)
     return app
+
+
+def start_after_fork(role: str, on_start: Callable[[Any], object]) -> None:
+    """Create the instance (and run `on_start`) as soon as the serving process
+    exists, before any request, on a background thread.
+
+    functions-framework imports the function in gunicorn's master process and
+    serves it in a forked worker: a thread started at import would stay behind
+    in the master, so it starts in the child. Without a fork (the development
+    server) the first request creates the instance, as it always does.
+    """
+
+    def start() -> None:
+        try:
+            instance(role, on_start)
+        except Exception:
+            # Not kept: the first request retries and answers with the error.
+            log.exception("cannot start %s ahead of its first request", role)
+
+    os.register_at_fork(
+        after_in_child=lambda: threading.Thread(
+            target=start, name=f"brainy-start-{role}", daemon=True
+        ).start()
+    )
 
 
 Handler = Callable[[Any, Request], Response]
 
 
-def serve(request: Request, role: str, routes: dict[tuple[str, str], Handler]) -> Response:
+def serve(
+    request: Request,
+    role: str,
+    routes: dict[tuple[str, str], Handler],
+    on_start: Callable[[Any], object] | None = None,
+) -> Response:
     """Route a request of a function: its own routes plus `GET /health` and
-    `GET /metrics`, which every function serves."""
+    `GET /metrics`, which every function serves. `on_start` runs once on the
+    instance the first request creates."""
     try:
-        app = instance(role)
+        app = instance(role, on_start)
     except ConfigError as e:
         log.error("configuration invalid: %s", e)
         field, _, reason = str(e).partition(": ")

@@ -28,6 +28,7 @@ from brainy.core.errors import Forbidden, InvalidInput, UnknownCollection
 from brainy.format.batch import WriterClock
 from brainy.maintenance.context import Maintenance
 from brainy.read.search import Searcher, SearchResult
+from brainy.read.warmup import WarmReport
 from brainy.service.clock import ClockCheck
 from brainy.service.maintenance import maintain
 from brainy.service.metrics import Metrics
@@ -47,6 +48,7 @@ from brainy.write.ingest import (
 log = logging.getLogger(__name__)
 
 _QUERY_FIELDS = {"collection", "vector", "text", "k", "filter", "min_version"}
+_WARMUP_FIELDS = {"collection"}
 PROBES_PREFIX = "_brainy/probes/"
 
 
@@ -247,6 +249,7 @@ class Brainy:
                         self.settings.refresh_interval,
                         self.settings.query_threads,
                         self.settings.download_threads,
+                        self.settings.background_warm,
                     )
         return self._searcher
 
@@ -300,6 +303,51 @@ class Brainy:
         self.metrics.search_seconds.observe(time.perf_counter() - started)
         self.metrics.vectors_served.inc(len(result.hits))
         return result
+
+    def warmup(self, payload: Any) -> list[WarmReport]:
+        """Fill the cache with one collection (`{"collection": "c"}`) or every
+        declared one (`{}`), within the cache budget. It only reads, so a
+        read-only instance may warm; a write-only one has no cache to fill."""
+        if not self.settings.can_search:
+            raise Forbidden("mode", "this instance is write-only: warm-up is refused")
+        if not isinstance(payload, Mapping):
+            raise InvalidInput("body", "expected a JSON object")
+        unknown = sorted(set(payload) - _WARMUP_FIELDS)
+        if unknown:
+            raise InvalidInput(unknown[0], f"unknown field (expected {sorted(_WARMUP_FIELDS)})")
+        if "collection" in payload:
+            names = [self.require_schema(payload["collection"]).name]
+        else:
+            names = sorted(self.collections())
+        return [self.searcher.warm(name) for name in names]
+
+    def start_warmup(self) -> threading.Thread | None:
+        """Warm the collections the `warmup` setting names on a background thread,
+        so the first request never waits for it (its downloads join the warm-up's
+        in the cache). None when there is nothing to warm."""
+        if not self.settings.warmup or not self.settings.can_search:
+            return None
+
+        def run() -> None:
+            try:
+                if self.settings.warmup == ("*",):
+                    names = sorted(self.collections())
+                else:
+                    names = list(self.settings.warmup)
+            except (ConfigError, StorageError):
+                log.warning("warm-up at start: cannot list the collections", exc_info=True)
+                return
+            for name in names:
+                try:
+                    report = self.searcher.warm(name)
+                    log.info("warm-up at start: %s", report.to_dict())
+                except Exception:
+                    # One collection failing (missing, unreadable) must not stop the others.
+                    log.warning("warm-up at start of %s failed", name, exc_info=True)
+
+        thread = threading.Thread(target=run, name="brainy-warmup", daemon=True)
+        thread.start()
+        return thread
 
     def _cache_hit_ratio(self) -> float:
         if self._searcher is None:
