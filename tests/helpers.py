@@ -147,3 +147,27 @@ def level0_sources(manifest: Any) -> set[str]:
     """The batches whose level-0 segments `manifest` lists (applied since the last
     compaction)."""
     return {ref.source for ref in manifest.segments if ref.source}
+
+
+def semantic_collection(url: str, tmp_path: Path, dimension: int = 16, partitions: int = 8):
+    """A compacted semantic collection `docs` (nprobe 1) of 2,000 clustered rows with
+    ids "0".."1999", plus a level-0 batch written after the compaction and a delete
+    (so a deletion file): every kind of object a search reads. Returns the vectors
+    (rows "3" and "1900" deleted)."""
+    from brainy.maintenance.compaction import compact
+
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((partitions, dimension)).astype(np.float32) * 5
+    labels = rng.integers(0, partitions, 2_000)
+    vectors = (centres[labels] + rng.standard_normal((2_000, dimension))).astype(np.float32)
+    writer = make_app(url, tmp_path)
+    declare(writer, dimension=dimension, partitions=partitions, strategy="semantic", nprobe=1)
+    for at in range(0, 1_800, 600):
+        records = [{"id": str(i), "vector": vectors[i].tolist()} for i in range(at, at + 600)]
+        writer.index_key(writer.ingest({"collection": "docs", "records": records}).batch)
+    assert compact(writer.maintenance, "docs", force=True).status == "compacted"
+    records = [{"id": str(i), "vector": vectors[i].tolist()} for i in range(1_800, 2_000)]
+    writer.index_key(writer.ingest({"collection": "docs", "records": records}).batch)
+    writer.index_key(writer.ingest({"collection": "docs", "deletes": ["3", "1900"]}).batch)
+    writer.close()
+    return vectors

@@ -13,36 +13,16 @@ import pytest
 
 from brainy.core.config import ConfigError, load_settings
 from brainy.core.errors import InvalidInput, UnknownCollection
-from brainy.maintenance.compaction import compact
 from brainy.service.app import Brainy
 from brainy.storage import open_store
 from brainy.table.manifest import Manifest, Manifests
 from faults import FaultyStore
-from helpers import declare, make_app
-
-DIM = 16
-PARTITIONS = 8
+from helpers import declare, make_app, semantic_collection
 
 
 def _semantic(tmp_path: Path) -> tuple[str, np.ndarray]:
-    """A compacted semantic collection, plus one level-0 batch written after the
-    compaction and a delete (so a deletion file): every kind of object a search reads."""
-    rng = np.random.default_rng(5)
-    centres = rng.standard_normal((PARTITIONS, DIM)).astype(np.float32) * 5
-    vectors = centres[rng.integers(0, PARTITIONS, 2_000)] + rng.standard_normal((2_000, DIM))
-    vectors = vectors.astype(np.float32)
     url = f"file://{tmp_path / 'store'}"
-    writer = make_app(url, tmp_path)
-    declare(writer, dimension=DIM, partitions=PARTITIONS, strategy="semantic", nprobe=1)
-    for at in range(0, 1_800, 600):
-        records = [{"id": str(i), "vector": vectors[i].tolist()} for i in range(at, at + 600)]
-        writer.index_key(writer.ingest({"collection": "docs", "records": records}).batch)
-    assert compact(writer.maintenance, "docs", force=True).status == "compacted"
-    records = [{"id": str(i), "vector": vectors[i].tolist()} for i in range(1_800, 2_000)]
-    writer.index_key(writer.ingest({"collection": "docs", "records": records}).batch)
-    writer.index_key(writer.ingest({"collection": "docs", "deletes": ["3", "1900"]}).batch)
-    writer.close()
-    return url, vectors
+    return url, semantic_collection(url, tmp_path)
 
 
 def _reader(url: str, tmp_path: Path, **env: str) -> tuple[Brainy, FaultyStore]:
