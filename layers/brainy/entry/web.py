@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -131,11 +132,13 @@ def start_after_fork(role: str, on_start: Callable[[Any], object]) -> None:
             # Not kept: the first request retries and answers with the error.
             log.exception("cannot start %s ahead of its first request", role)
 
-    os.register_at_fork(
-        after_in_child=lambda: threading.Thread(
-            target=start, name=f"brainy-start-{role}", daemon=True
-        ).start()
-    )
+    def after_fork() -> None:
+        # Only a gunicorn worker: any other fork of a process that imported the
+        # function (a subprocess with a `preexec_fn`, say) is not serving it.
+        if "gunicorn.arbiter" in sys.modules:
+            threading.Thread(target=start, name=f"brainy-start-{role}", daemon=True).start()
+
+    os.register_at_fork(after_in_child=after_fork)
 
 
 Handler = Callable[[Any, Request], Response]
