@@ -1,0 +1,197 @@
+"""Cold-start benchmark (issue 7 §3): the first query of a fresh search instance
+(empty cache) on a semantic collection, against warming the whole collection.
+
+Data: `--rows` vectors of `--dim` dimensions drawn around `--partitions` random
+centres (a mixture, so semantic partitions mean something), ingested and indexed
+in-process, then `compact(force=True)` trains the centroids and routes every row
+to its partition. The collection is measured on a local folder (`file://`) and,
+unless `--no-s3`, on a moto S3 server started on a free loopback port (the same
+objects copied there). For each store, each with a fresh read-only instance and
+an empty cache:
+
+* `first_query`: the first search's latency, the store requests it sent by kind,
+  the segments and bytes it brought into the cache against the whole collection
+  (background warming off, so nothing else downloads meanwhile);
+* `warm_query_p50`: the same query repeated once cached;
+* `warmup`: `Brainy.warmup` (what `POST /warmup` calls) of the whole collection;
+* `background`: with background warming on, the first query's latency and the
+  time until every live segment is cached.
+
+Run: `python -m bench.coldstart [--rows 100000] [--dim 384] [--partitions 64]
+[--no-s3]`; figures go to `bench/results/coldstart.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainy.core.config import CollectionSchema
+from brainy.maintenance.compaction import compact
+from brainy.service.app import Brainy
+from brainy.storage import open_store
+from brainy.table.manifest import Manifest, Manifests
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+COLLECTION = "docs"
+
+
+def _app(url: str, cache: Path, role: str = "cli", **env: str) -> Brainy:
+    full = {
+        "BRAINY_STORE": url,
+        "BRAINY_ROLE": role,
+        "BRAINY_CACHE_DIR": str(cache),
+        "BRAINY_REFRESH_INTERVAL": "3600",
+        **({"BRAINY_MODE": "read-only"} if role == "search" else {}),
+        **env,
+    }
+    return Brainy.from_env(role, {**os.environ, **full})
+
+
+def _build(url: str, work: Path, rows: int, dim: int, partitions: int) -> np.ndarray:
+    """The collection, compacted into semantic partitions; returns some queries."""
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((partitions, dim)).astype(np.float32) * 3
+    writer = _app(url, work / "writer-cache")
+    writer.create_collection(
+        CollectionSchema(
+            COLLECTION, dimension=dim, metric="angular", partitions=partitions, strategy="semantic"
+        )
+    )
+    batch = 10_000
+    for at in range(0, rows, batch):
+        n = min(batch, rows - at)
+        vectors = centres[rng.integers(0, partitions, n)] + rng.standard_normal((n, dim))
+        records = [
+            {"id": str(at + i), "vector": v}
+            for i, v in enumerate(vectors.astype(np.float32).tolist())
+        ]
+        writer.index_key(writer.ingest({"collection": COLLECTION, "records": records}).batch)
+    assert compact(writer.maintenance, COLLECTION, force=True).status == "compacted"
+    writer.close()
+    queries = centres[rng.integers(0, partitions, 20)] + rng.standard_normal((20, dim))
+    return queries.astype(np.float32)
+
+
+def _newest(url: str) -> Manifest:
+    store = open_store(url, read_only=True)
+    manifest = Manifests(store, COLLECTION).latest()
+    store.close()
+    assert manifest is not None
+    return manifest
+
+
+def _cached_bytes(app: Brainy, manifest: Manifest) -> tuple[int, int]:
+    refs = [ref for ref in manifest.segments if ref.live > 0 and app.searcher.cache.cached(ref)]
+    return len(refs), sum(ref.bytes for ref in refs)
+
+
+def _query(app: Brainy, vector: np.ndarray) -> float:
+    started = time.perf_counter()
+    app.search({"collection": COLLECTION, "vector": vector.tolist(), "k": 10})
+    return time.perf_counter() - started
+
+
+def _measure(url: str, work: Path, queries: np.ndarray) -> dict[str, Any]:
+    manifest = _newest(url)
+    live = [ref for ref in manifest.segments if ref.live > 0]
+    out: dict[str, Any] = {
+        "collection": {"segments": len(live), "bytes": sum(ref.bytes for ref in live)},
+    }
+
+    reader = _app(url, work / "cold", "search", BRAINY_BACKGROUND_WARM="false")
+    requests: Counter[str] = Counter()
+    reader.store.add_observer(lambda kind: requests.update([kind]))
+    seconds = _query(reader, queries[0])
+    segments, fetched = _cached_bytes(reader, manifest)
+    warm = [_query(reader, queries[0]) for _ in range(20)]
+    out["first_query"] = {
+        "seconds": round(seconds, 4),
+        "requests": dict(requests),
+        "segments": segments,
+        "bytes": fetched,
+    }
+    out["warm_query_p50_ms"] = round(statistics.median(warm) * 1000, 3)
+    reader.close()
+
+    reader = _app(url, work / "warmup", "search", BRAINY_BACKGROUND_WARM="false")
+    [report] = reader.warmup({"collection": COLLECTION})
+    out["warmup"] = report.to_dict()
+    reader.close()
+
+    reader = _app(url, work / "background", "search")
+    started = time.perf_counter()
+    first = _query(reader, queries[1])
+    while _cached_bytes(reader, manifest)[0] < len(live) and time.perf_counter() - started < 600:
+        time.sleep(0.01)
+    out["background"] = {
+        "first_query_seconds": round(first, 4),
+        "all_cached_seconds": round(time.perf_counter() - started, 3),
+        "segments": _cached_bytes(reader, manifest)[0],
+    }
+    reader.close()
+    return out
+
+
+def _copy(src_url: str, dst_url: str) -> None:
+    src, dst = open_store(src_url, read_only=True), open_store(dst_url)
+    for info in src.list(""):
+        dst.put(info.key, src.get(info.key).data)
+    src.close()
+    dst.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--partitions", type=int, default=64)
+    parser.add_argument("--no-s3", action="store_true", help="skip the moto S3 server")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="brainy-coldstart-"))
+    results: dict[str, Any] = {
+        "rows": args.rows,
+        "dim": args.dim,
+        "partitions": args.partitions,
+    }
+    try:
+        url = (work / "store").resolve().as_uri()
+        started = time.perf_counter()
+        queries = _build(url, work, args.rows, args.dim, args.partitions)
+        results["build_seconds"] = round(time.perf_counter() - started, 1)
+        results["file"] = _measure(url, work / "file", queries)
+        print(json.dumps({"file": results["file"]}, indent=2))
+        if not args.no_s3:
+            # The test helpers start moto on a free loopback port and make its buckets.
+            sys.path.insert(0, str(TESTS))
+            from servers import emulator_env, new_store_url, start_moto
+
+            moto = start_moto()
+            try:
+                os.environ.update(emulator_env(s3=moto))
+                s3_url = new_store_url("s3", work)
+                _copy(url, s3_url)
+                results["s3_moto"] = _measure(s3_url, work / "s3", queries)
+                print(json.dumps({"s3_moto": results["s3_moto"]}, indent=2))
+            finally:
+                moto.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "coldstart.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
