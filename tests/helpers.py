@@ -171,3 +171,23 @@ def semantic_collection(url: str, tmp_path: Path, dimension: int = 16, partition
     writer.index_key(writer.ingest({"collection": "docs", "deletes": ["3", "1900"]}).batch)
     writer.close()
     return vectors
+
+
+def recording_reader(url: str, tmp_path: Path, **env: str):
+    """A fresh read-only search instance (its own empty cache, no manifest refresh
+    between requests) whose store records every request: `(app, FaultyStore)`."""
+    from brainy.core.config import load_settings
+    from faults import FaultyStore
+
+    inner = open_store(url, read_only=True)
+    full_env = {
+        "BRAINY_STORE": url,
+        "BRAINY_ROLE": "search",
+        "BRAINY_MODE": "read-only",
+        "BRAINY_CACHE_DIR": str(tmp_path / f"reader-{len(list(tmp_path.glob('reader-*')))}"),
+        "BRAINY_REFRESH_INTERVAL": "3600",
+        **env,
+    }
+    settings, _ = load_settings(full_env, role="search", store=inner)
+    store = FaultyStore(inner, read_only=True)
+    return Brainy(settings, store), store

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brainy.core.config import load_settings
 from brainy.maintenance.compaction import compact
 from brainy.service.app import Brainy
 from brainy.storage import open_store
 from brainy.table.manifest import Manifests
 from faults import FaultyStore
-from helpers import declare, make_app
+from helpers import declare, make_app, recording_reader
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "pypi-minilm.npz"
 
@@ -37,21 +36,6 @@ def _index(app: Brainy, vectors: np.ndarray, start: int = 0, batch: int = 10_000
             for i in range(at, min(at + batch, len(vectors)))
         ]
         app.index_key(app.ingest({"collection": "docs", "records": records}).batch)
-
-
-def _reader(url: str, tmp_path: Path) -> tuple[Brainy, FaultyStore]:
-    """A fresh search instance (empty cache) whose store records every request."""
-    inner = open_store(url, read_only=True)
-    env = {
-        "BRAINY_STORE": url,
-        "BRAINY_ROLE": "search",
-        "BRAINY_MODE": "read-only",
-        "BRAINY_CACHE_DIR": str(tmp_path / f"reader-{len(list(tmp_path.glob('reader-*')))}"),
-        "BRAINY_REFRESH_INTERVAL": "3600",
-    }
-    settings, _ = load_settings(env, role="search", store=inner)
-    store = FaultyStore(inner, read_only=True)
-    return Brainy(settings, store), store
 
 
 def _downloads(store: FaultyStore) -> set[str]:
@@ -86,7 +70,8 @@ def test_probes_nprobe_partitions_plus_level0_at_recall_095(tmp_path: Path):
     level0 = sum(1 for ref in manifest.segments if ref.level == 0)
     assert level0 == 1 and len(manifest.segments) - level0 == 32
 
-    reader, store = _reader(url, tmp_path)
+    # Background warming off: it would download the other partitions next.
+    reader, store = recording_reader(url, tmp_path, BRAINY_BACKGROUND_WARM="false")
     queries = _clustered(rng, centres, 100)
     reader.search({"collection": "docs", "vector": queries[0].tolist(), "k": 10})
     assert len(_downloads(store)) <= 4 + level0
@@ -136,7 +121,8 @@ def test_recall_on_real_sentence_embeddings_at_the_default_nprobe(tmp_path: Path
     assert schema.probes == 24
     _index(writer, vectors, batch=15_000)
     assert compact(writer.maintenance, "docs", force=True).status == "compacted"
-    reader, store = _reader(url, tmp_path)
+    # Background warming off: it would download the other partitions next.
+    reader, store = recording_reader(url, tmp_path, BRAINY_BACKGROUND_WARM="false")
     reader.search({"collection": "docs", "vector": queries[0].tolist(), "k": 10})
     assert len(_downloads(store)) <= schema.probes
     assert _recall(reader, vectors, queries) >= 0.95

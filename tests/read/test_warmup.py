@@ -16,29 +16,12 @@ from brainy.core.errors import InvalidInput, UnknownCollection
 from brainy.service.app import Brainy
 from brainy.storage import open_store
 from brainy.table.manifest import Manifest, Manifests
-from faults import FaultyStore
-from helpers import declare, make_app, semantic_collection
+from helpers import declare, make_app, recording_reader, semantic_collection
 
 
 def _semantic(tmp_path: Path) -> tuple[str, np.ndarray]:
     url = f"file://{tmp_path / 'store'}"
     return url, semantic_collection(url, tmp_path)
-
-
-def _reader(url: str, tmp_path: Path, **env: str) -> tuple[Brainy, FaultyStore]:
-    """A fresh search instance (empty cache) whose store records every request."""
-    inner = open_store(url, read_only=True)
-    full_env = {
-        "BRAINY_STORE": url,
-        "BRAINY_ROLE": "search",
-        "BRAINY_MODE": "read-only",
-        "BRAINY_CACHE_DIR": str(tmp_path / f"reader-{len(list(tmp_path.glob('reader-*')))}"),
-        "BRAINY_REFRESH_INTERVAL": "3600",
-        **env,
-    }
-    settings, _ = load_settings(full_env, role="search", store=inner)
-    store = FaultyStore(inner, read_only=True)
-    return Brainy(settings, store), store
 
 
 def _newest(url: str) -> Manifest:
@@ -59,7 +42,7 @@ def test_warmup_loads_every_live_segment_then_a_search_makes_no_store_request(tm
     url, vectors = _semantic(tmp_path)
     manifest = _newest(url)
     assert manifest.centroids is not None and any(ref.deletes for ref in manifest.segments)
-    reader, store = _reader(url, tmp_path, BRAINY_BACKGROUND_WARM="false")
+    reader, store = recording_reader(url, tmp_path, BRAINY_BACKGROUND_WARM="false")
 
     [report] = reader.warmup({"collection": "docs"})
 
@@ -81,7 +64,7 @@ def test_an_empty_body_warms_every_declared_collection(tmp_path: Path):
     url, _ = _semantic(tmp_path)
     writer = make_app(url, tmp_path)
     declare(writer, name="empty", dimension=4)
-    reader, _ = _reader(url, tmp_path)
+    reader, _ = recording_reader(url, tmp_path)
 
     reports = {r.collection: r for r in reader.warmup({})}
 
@@ -95,7 +78,7 @@ def test_warmup_within_a_small_budget_stops_when_full_and_says_so(tmp_path: Path
     manifest = _newest(url)
     sizes = sorted(ref.bytes for ref in manifest.segments if ref.live > 0)
     budget = sizes[-1] + sizes[-2]  # room for two segments, not for all of them
-    reader, _ = _reader(url, tmp_path, BRAINY_CACHE_SIZE=str(budget))
+    reader, _ = recording_reader(url, tmp_path, BRAINY_CACHE_SIZE=str(budget))
 
     [report] = reader.warmup({"collection": "docs"})
 
@@ -118,7 +101,7 @@ def test_warmup_within_a_small_budget_stops_when_full_and_says_so(tmp_path: Path
 def test_a_bad_warmup_request_names_the_field(tmp_path: Path, payload, field, error):
     url = f"file://{tmp_path / 'store'}"
     declare(make_app(url, tmp_path), dimension=4)
-    reader, _ = _reader(url, tmp_path)
+    reader, _ = recording_reader(url, tmp_path)
     with pytest.raises(error) as raised:
         reader.warmup(payload)
     assert raised.value.field == field
@@ -136,7 +119,7 @@ def _wait_until(predicate, timeout: float = 30.0) -> bool:
 def test_warmup_at_start_loads_the_configured_collections_without_a_query(tmp_path: Path):
     url, _ = _semantic(tmp_path)
     manifest = _newest(url)
-    reader, _ = _reader(url, tmp_path, BRAINY_WARMUP="docs")
+    reader, _ = recording_reader(url, tmp_path, BRAINY_WARMUP="docs")
 
     thread = reader.start_warmup()
 
@@ -147,7 +130,7 @@ def test_warmup_at_start_loads_the_configured_collections_without_a_query(tmp_pa
 
 def test_nothing_is_warmed_at_start_by_default(tmp_path: Path):
     url, _ = _semantic(tmp_path)
-    reader, store = _reader(url, tmp_path)
+    reader, store = recording_reader(url, tmp_path)
     assert reader.start_warmup() is None and store.calls == []
 
 
@@ -156,7 +139,7 @@ def test_a_first_query_is_answered_from_its_probes_then_the_rest_warms_in_backgr
 ):
     url, vectors = _semantic(tmp_path)
     manifest = _newest(url)
-    reader, store = _reader(url, tmp_path)
+    reader, store = recording_reader(url, tmp_path)
 
     hits = reader.search({"collection": "docs", "vector": vectors[0].tolist(), "k": 1}).hits
 
@@ -170,7 +153,7 @@ def test_a_first_query_is_answered_from_its_probes_then_the_rest_warms_in_backgr
 def test_background_warming_can_be_switched_off(tmp_path: Path):
     url, vectors = _semantic(tmp_path)
     manifest = _newest(url)
-    reader, _ = _reader(url, tmp_path, BRAINY_BACKGROUND_WARM="false")
+    reader, _ = recording_reader(url, tmp_path, BRAINY_BACKGROUND_WARM="false")
 
     reader.search({"collection": "docs", "vector": vectors[0].tolist(), "k": 1})
 
