@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from helpers import declare, make_app
 
@@ -54,3 +55,36 @@ def test_eviction_never_breaks_a_running_query(tmp_path: Path) -> None:
     assert kept == needed
     # An index and a header per segment: no download or split left half-way.
     assert sorted(p.suffix for p in cache_dir.iterdir()) == sorted([".ann", ".json"] * SEGMENTS)
+
+
+def test_a_segment_evicted_by_another_process_between_check_and_open_is_fetched_again(
+    tmp_path: Path,
+):
+    """Gunicorn workers share a cache folder: one may unlink a segment's files just
+    after another found them there. The loader fetches them again."""
+    from brainy.format.segment import load_segment
+
+    url = f"file://{tmp_path / 'bucket'}"
+    app = make_app(url, tmp_path)
+    declare(app)
+    rng = np.random.default_rng(2)
+    records = [{"id": f"r{i}", "vector": rng.standard_normal(8).tolist()} for i in range(5)]
+    app.index_key(app.ingest({"collection": "docs", "records": records}).batch)
+    ref = app.manifests("docs").latest().segments[0]
+    cache = tmp_path / "shared-cache"
+    load_segment(app.store, ref.key, ref.id, cache)
+    head = cache / f"{ref.id}.json"
+    real_read = Path.read_bytes
+    evicted = []
+
+    def evict_once(self: Path) -> bytes:
+        if self == head and not evicted:
+            evicted.append(self)
+            for suffix in (".ann", ".json"):
+                (cache / f"{ref.id}{suffix}").unlink()
+        return real_read(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "read_bytes", evict_once)
+        loaded = load_segment(app.store, ref.key, ref.id, cache)
+    assert evicted and loaded.count == 5 and loaded.header.ids[0] == "r0"

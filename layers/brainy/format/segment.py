@@ -509,20 +509,35 @@ def load_segment(store: ObjectStore, key: str, segment_id: str, cache_dir: Path)
 
     The object is streamed to a temp file, its digest checked against the id it
     is addressed by, then split into `<id>.json` (header) and `<id>.ann` (index).
+    Several processes may share one cache folder (gunicorn workers): if another
+    evicts the files between the check and the open, they are fetched again.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     ann_path = cache_dir / f"{segment_id}.ann"
     head_path = cache_dir / f"{segment_id}.json"
-    if not (ann_path.exists() and head_path.exists()):
-        fd, part_name = tempfile.mkstemp(suffix=".part", dir=cache_dir)
-        os.close(fd)
-        part = Path(part_name)
+    for attempt in range(3):
+        if not (ann_path.exists() and head_path.exists()):
+            _fetch(store, key, segment_id, cache_dir, head_path, ann_path)
         try:
-            store.download(key, part)
-            _split_verified(part, segment_id, key, head_path, ann_path)
-        finally:
-            part.unlink(missing_ok=True)
-    return LoadedSegment(segment_id, SegmentHeader.from_json(head_path.read_bytes()), ann_path)
+            header = SegmentHeader.from_json(head_path.read_bytes())
+            return LoadedSegment(segment_id, header, ann_path)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _fetch(
+    store: ObjectStore, key: str, segment_id: str, cache_dir: Path, head_path: Path, ann_path: Path
+) -> None:
+    fd, part_name = tempfile.mkstemp(suffix=".part", dir=cache_dir)
+    os.close(fd)
+    part = Path(part_name)
+    try:
+        store.download(key, part)
+        _split_verified(part, segment_id, key, head_path, ann_path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _split_verified(part: Path, segment_id: str, key: str, head_path: Path, ann_path: Path) -> None:
