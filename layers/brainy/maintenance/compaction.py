@@ -523,7 +523,12 @@ def _gather(plan: Plan, out: OutputPlan, inputs: _Inputs, masks: Masks, workdir:
         ),
     )
     built = build_segment(
-        seg_rows, metric=schema.metric, n_trees=schema.n_trees, seed=schema.seed, workdir=workdir
+        seg_rows,
+        metric=schema.metric,
+        n_trees=schema.n_trees,
+        seed=schema.seed,
+        workdir=workdir,
+        calibrate_above=schema.exact_threshold,
     )
     return _Output(out, built, row_of, tombstones_in)
 

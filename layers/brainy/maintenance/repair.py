@@ -186,7 +186,12 @@ def _rebuild_level0(
         raise NotRebuildable(f"source batch is corrupt: {e}") from None
     rows, _ = build_batch_segment(batch, last_per_id(batch))
     return build_segment(
-        rows, metric=schema.metric, n_trees=schema.n_trees, seed=schema.seed, workdir=workdir
+        rows,
+        metric=schema.metric,
+        n_trees=schema.n_trees,
+        seed=schema.seed,
+        workdir=workdir,
+        calibrate_above=schema.exact_threshold,
     )
 
 

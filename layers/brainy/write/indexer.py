@@ -194,6 +194,7 @@ class Indexer:
             n_trees=schema.n_trees,
             seed=schema.seed,
             workdir=self.workdir,
+            calibrate_above=schema.exact_threshold,
         )
         try:
             uploaded_at = time.time()
