@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from brainy.core.errors import InvalidInput
 from brainy.format import calibration
@@ -32,6 +33,29 @@ def gaussian(tmp_path_factory: pytest.TempPathFactory):
         patch.setattr(calibration, "exact_seconds", lambda *_: float("inf"))
         app.index_key(app.ingest({"collection": "docs", "records": records}).batch)
     yield app, vectors, queries
+    app.close()
+
+
+def test_online_recall_in_metrics_matches_the_recall_measured(gaussian, tmp_path: Path):
+    built, vectors, queries = gaussian
+    queries = queries[:60]
+    truth = _truth(vectors, queries)
+    app = make_app(built.settings.store, tmp_path, "search", BRAINY_RECALL_SAMPLE="1.0")
+    found = 0
+    for q, want in zip(queries, truth, strict=True):
+        hits = app.search({"collection": "docs", "vector": q.tolist(), "recall_target": 0.9}).hits
+        found += len(want & {int(h.id) for h in hits})
+        # One at a time: a burst would overflow the monitor's queue, by design.
+        app.searcher.recall.join()
+    measured = found / (10 * len(queries))
+
+    families = {f.name: f for f in text_string_to_metric_families(app.metrics.render().decode())}
+    gauge = families["brainy_search_recall"].samples[0].value
+    samples = families["brainy_search_recall_samples"].samples[0].value
+
+    assert measured < 1.0, "the approximate path must be under test"
+    assert samples == len(queries)
+    assert gauge == pytest.approx(measured, abs=0.02)
     app.close()
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from brainy.format.centroids import read_centroids
 from brainy.format.partitioning import probed_partitions
 from brainy.format.segment import LoadedSegment
 from brainy.read.cache import CachedSegment, SegmentCache
+from brainy.read.recall import RecallMonitor, RecallSample
 from brainy.read.warmup import BackgroundWarmer, WarmReport
 from brainy.storage import ObjectStore
 from brainy.table.deletions import Masks
@@ -218,7 +219,15 @@ class Searcher:
         query_threads: int = 4,
         download_threads: int = 8,
         background_warm: bool = True,
+        recall_sample: float = 0.0,
+        on_recall_sample: Callable[[float], Any] | None = None,
     ) -> None:
+        """
+        Args:
+            recall_sample: the fraction of queries re-run exactly in the background
+                to measure recall (see `RecallMonitor`); 0 measures none.
+            on_recall_sample: called with each measured recall.
+        """
         self.store = store
         self.refresh_interval = refresh_interval
         self.cache = SegmentCache(store, cache_dir, cache_bytes, download_threads)
@@ -235,6 +244,7 @@ class Searcher:
             if background_warm
             else None
         )
+        self.recall = RecallMonitor(recall_sample, on_sample=on_recall_sample)
 
     def centroids(self, key: str) -> np.ndarray:
         """The centroids object at `key` (one GET per key per process)."""
@@ -304,7 +314,46 @@ class Searcher:
         best = heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
         hits = [Hit(rid, score, metadata) for score, rid, metadata in best]
         self.vectors_served += len(hits)
+        if self.recall.wanted() and self._local(manifest):
+            answered = tuple(hit.id for hit in hits)
+            self.recall.submit(
+                RecallSample(lambda: self._exact_ids(manifest, schema, query, k, filters), answered)
+            )
         return SearchResult(hits, manifest.version)
+
+    def _local(self, manifest: Manifest) -> bool:
+        """Whether every live segment of `manifest` and its mask are held here: a
+        recall sample is measured only then, so it never downloads (nor evicts
+        what queries use); a collection queries have not loaded is sampled once
+        warm."""
+        return all(
+            self.cache.cached(ref) and self.masks.known(ref)
+            for ref in manifest.segments
+            if ref.live > 0
+        )
+
+    def _exact_ids(
+        self,
+        manifest: Manifest,
+        schema: CollectionSchema,
+        query: np.ndarray,
+        k: int,
+        filters: Mapping[str, Any] | None,
+    ) -> list[str]:
+        """The exact best `k` ids at `manifest`: every live segment (no pruning)
+        searched exactly, one at a time, on the caller's thread (the recall
+        monitor's), so it never takes a query thread; nothing if a segment has
+        left the cache since the query."""
+        if not self._local(manifest):
+            return []
+        found: list[Scored] = []
+        for ref in manifest.segments:
+            if ref.live > 0:
+                (seg,) = self.cache.get_many([ref])
+                blocked = self.masks.blocked(ref)
+                found += search_segment(seg, blocked, schema, query, k, filters, 1.0)
+        best = heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
+        return [rid for _, rid, _ in best]
 
     def warm(self, collection: str, *, parallel: bool = True) -> WarmReport:
         """Load the newest manifest's live segments (level-0 first: every query
@@ -362,6 +411,7 @@ class Searcher:
         return [item for part in parts for item in part]
 
     def close(self) -> None:
+        self.recall.close()
         if self._background is not None:
             self._background.close()
         self._pool.shutdown(wait=False)

@@ -95,7 +95,9 @@ class Brainy:
                 settings.clock_check_interval,
             )
         self.metrics = Metrics(
-            self._cache_hit_ratio, self.clock_check.last_measured if self.clock_check else None
+            self._cache_hit_ratio,
+            self.clock_check.last_measured if self.clock_check else None,
+            lambda: self._searcher.recall.recall if self._searcher else float("nan"),
         )
         store.add_observer(self.metrics.count_request)
 
@@ -256,6 +258,8 @@ class Brainy:
                         self.settings.query_threads,
                         self.settings.download_threads,
                         self.settings.background_warm,
+                        self.settings.recall_sample,
+                        lambda _: self.metrics.recall_samples.inc(),
                     )
         return self._searcher
 
