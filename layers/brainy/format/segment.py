@@ -38,6 +38,7 @@ import numpy as np
 import xxhash
 from annoy import AnnoyIndex
 
+from brainy.core.config import CollectionSchema
 from brainy.format.calibration import calibrate
 from brainy.storage import ObjectStore, PreconditionFailed
 
@@ -194,6 +195,21 @@ def build_segment(
         min_ts=int(ts.min()),
         max_ts=int(ts.max()),
         tombstones=len(dead),
+    )
+
+
+def build_collection_segment(
+    schema: CollectionSchema, rows: SegmentRows, workdir: Path
+) -> BuiltSegment:
+    """`build_segment` as a collection's schema says: its metric, trees and seed,
+    calibrated when larger than its exact threshold (smaller ones are scanned)."""
+    return build_segment(
+        rows,
+        metric=schema.metric,
+        n_trees=schema.n_trees,
+        seed=schema.seed,
+        workdir=workdir,
+        calibrate_above=schema.exact_threshold,
     )
 
 
