@@ -199,6 +199,18 @@ def test_health_reports_instance_role_mode_and_checks(deployment: Deployment) ->
         assert checks["config"]["collections"] == [COLLECTION]
 
 
+@pytest.mark.parametrize("recall_target", [0.5, 0.9, 1])
+def test_search_accepts_a_recall_target(file_deployment: Deployment, recall_target: float) -> None:
+    rid = new_id("recall")
+    vector = random_vector()
+    version = file_deployment.index(file_deployment.put_records([{"id": rid, "vector": vector}]))
+
+    reply = file_deployment.query(vector, k=3, min_version=version, recall_target=recall_target)
+
+    assert reply.status == 200, str(reply)
+    assert_found_first(reply.json()["results"], rid, None)
+
+
 def test_too_large_body_is_refused_by_every_function(deployment: Deployment) -> None:
     body = b"{" + b" " * MAX_BODY_SIZE + b"}"
     for server, path in zip(deployment.servers, ("/ingest", "/", "/search"), strict=True):
@@ -268,6 +280,21 @@ SEARCH_ERRORS = {
     "unknown field": ({"vector": [1.0] * DIMENSION, "limit": 3}, 400, "limit"),
     "filter not scalar": ({"vector": [1.0] * DIMENSION, "filter": {"a": [1]}}, 400, "filter.a"),
     "negative min_version": ({"vector": [1.0] * DIMENSION, "min_version": -1}, 400, "min_version"),
+    "recall_target above 1": (
+        {"vector": [1.0] * DIMENSION, "recall_target": 1.5},
+        400,
+        "recall_target",
+    ),
+    "recall_target below 0.5": (
+        {"vector": [1.0] * DIMENSION, "recall_target": 0.2},
+        400,
+        "recall_target",
+    ),
+    "recall_target not a number": (
+        {"vector": [1.0] * DIMENSION, "recall_target": "high"},
+        400,
+        "recall_target",
+    ),
 }
 
 

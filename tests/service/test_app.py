@@ -38,6 +38,10 @@ def test_store_ignoring_conditional_writes_is_refused():
         ({"BRAINY_ROLE": "wizard"}, "BRAINY_ROLE: expected one of"),
         ({"BRAINY_CACHE_SIZE": "lots"}, "BRAINY_CACHE_SIZE: expected a size"),
         ({"BRAINY_REFRESH_INTERVAL": "-1"}, "BRAINY_REFRESH_INTERVAL: expected a number"),
+        (
+            {"BRAINY_RECALL_SAMPLE": "1.5"},
+            r"BRAINY_RECALL_SAMPLE: expected a number in \[0.0, 1.0\]",
+        ),
         ({"BRAINY_CONFIG_SOURCE": "ether"}, "BRAINY_CONFIG_SOURCE: expected one of"),
         ({"BRAINY_STORE": "ftp://x"}, "unknown scheme 'ftp'"),
     ],
@@ -51,6 +55,7 @@ def test_invalid_environment_names_the_key(env, message):
     ("config", "message"),
     [
         ({"cache_size": "2 parsecs"}, "cache_size: expected a size"),
+        ({"recall_sample": "often"}, "recall_sample: expected a number"),
         ({"colections": {}}, "colections: unknown setting"),
         (
             {"collections": {"docs": {"metric": "angular"}}},

@@ -221,6 +221,9 @@ class Settings:
     # After a query that probed only part of a collection, load the rest of it
     # into the cache in the background, one segment at a time.
     background_warm: bool = True
+    # The fraction of queries a search instance re-runs exactly in the background
+    # to measure its recall (exported in /metrics); 0 measures none.
+    recall_sample: float = 0.01
     # Old manifest versions (and what they reference) stay readable this long.
     retention: float = 3600.0
     # Applied batches are kept this long (repair rebuilds segments from them).
@@ -353,6 +356,7 @@ _PARSERS = {
     "query_threads": _int_in(1, 256),
     "warmup": _collection_names,
     "background_warm": _flag,
+    "recall_sample": _float_in(0.0, 1.0),
     "retention": parse_duration,
     "batch_retention": parse_duration,
     "gc_grace": parse_duration,

@@ -38,6 +38,8 @@ import numpy as np
 import xxhash
 from annoy import AnnoyIndex
 
+from brainy.core.config import CollectionSchema
+from brainy.format.calibration import calibrate
 from brainy.storage import ObjectStore, PreconditionFailed
 
 MAGIC = b"BRAINYS1"
@@ -112,9 +114,20 @@ class BuiltSegment:
 
 
 def build_segment(
-    rows: SegmentRows, *, metric: str, n_trees: int, seed: int, workdir: Path
+    rows: SegmentRows,
+    *,
+    metric: str,
+    n_trees: int,
+    seed: int,
+    workdir: Path,
+    calibrate_above: int | None = None,
 ) -> BuiltSegment:
     """Build a segment file in `workdir` (rows or tombstones must be non-empty).
+
+    Args:
+        calibrate_above: a segment of more rows than this (the collection's exact
+            threshold) records in its header how it is searched at each recall
+            target (see `calibrate`); None never calibrates.
 
     Memory: the index is built in its file (`on_disk_build`) from vectors streamed
     in chunks, so beyond the rows' ids and metadata a build holds about the size
@@ -128,7 +141,13 @@ def build_segment(
     dim = vectors.dimension
     workdir.mkdir(parents=True, exist_ok=True)
     ann_path = _build_annoy(vectors, metric, n_trees, seed, workdir) if n else None
+    calibration = None
+    if ann_path is not None and calibrate_above is not None and n > calibrate_above:
+        calibration = _calibrate(ann_path, n, dim, metric, n_trees, seed)
     dead = rows.tombstones
+    optional: dict[str, Any] = {}
+    if calibration is not None:
+        optional["calibration"] = calibration
     header = json.dumps(
         {
             "format": 2,
@@ -147,6 +166,7 @@ def build_segment(
                 "timestamps": np.asarray(dead.timestamps, dtype=np.int64).tolist(),
                 "writers": list(dead.writers),
             },
+            **optional,
         },
         separators=(",", ":"),
     ).encode()
@@ -175,6 +195,21 @@ def build_segment(
         min_ts=int(ts.min()),
         max_ts=int(ts.max()),
         tombstones=len(dead),
+    )
+
+
+def build_collection_segment(
+    schema: CollectionSchema, rows: SegmentRows, workdir: Path
+) -> BuiltSegment:
+    """`build_segment` as a collection's schema says: its metric, trees and seed,
+    calibrated when larger than its exact threshold (smaller ones are scanned)."""
+    return build_segment(
+        rows,
+        metric=schema.metric,
+        n_trees=schema.n_trees,
+        seed=schema.seed,
+        workdir=workdir,
+        calibrate_above=schema.exact_threshold,
     )
 
 
@@ -221,6 +256,22 @@ def _build_annoy(
         ann_path.unlink(missing_ok=True)
         raise
     return ann_path
+
+
+def _calibrate(
+    ann_path: Path, n: int, dim: int, metric: str, n_trees: int, seed: int
+) -> dict[str, Any]:
+    """Calibrate the built index at `ann_path` (see `brainy.format.calibration`),
+    reading its vectors out of the mapped node array as `LoadedSegment` does."""
+    index = AnnoyIndex(dim, metric)
+    index.load(str(ann_path))
+    try:
+        raw = np.memmap(ann_path, dtype=np.uint8, mode="r")
+        offset, extra = _ANNOY_LAYOUT[metric]
+        vectors = np.ndarray((n, dim), "<f4", raw, offset, strides=(extra + 4 * dim, 4))
+        return calibrate(index, vectors, metric, n_trees, seed)
+    finally:
+        index.unload()
 
 
 def _node_size(metric: str, dimension: int) -> int:
@@ -396,6 +447,9 @@ class SegmentHeader:
     writers: Sequence[str]
     metadata: list[Any]
     tombstones: Tombstones = field(default_factory=Tombstones)
+    # How the segment is searched per recall target (see `calibrate`); absent
+    # from segments built before calibration, and from slim headers.
+    calibration: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, raw: bytes, *, metadata: bool = True) -> SegmentHeader:
@@ -417,6 +471,7 @@ class SegmentHeader:
                 timestamps=np.asarray(dead.get("timestamps", []), dtype=np.int64),
                 writers=dead.get("writers", []),
             ),
+            calibration=h.get("calibration") if metadata else None,
         )
         return header if metadata else header.slim()
 

@@ -56,7 +56,7 @@ from brainy.format.segment import (
     SegmentRows,
     Tombstones,
     VectorChunks,
-    build_segment,
+    build_collection_segment,
     load_segment,
     read_rows,
     read_vectors,
@@ -522,9 +522,7 @@ def _gather(plan: Plan, out: OutputPlan, inputs: _Inputs, masks: Masks, workdir:
             _chain(d.writers for d in dead),
         ),
     )
-    built = build_segment(
-        seg_rows, metric=schema.metric, n_trees=schema.n_trees, seed=schema.seed, workdir=workdir
-    )
+    built = build_collection_segment(schema, seg_rows, workdir)
     return _Output(out, built, row_of, tombstones_in)
 
 

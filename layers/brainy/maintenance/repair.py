@@ -22,7 +22,12 @@ import numpy as np
 
 from brainy.core.config import CollectionSchema
 from brainy.format.batch import Batch, CorruptBatch
-from brainy.format.segment import BuiltSegment, CorruptSegment, build_segment, upload_segment
+from brainy.format.segment import (
+    BuiltSegment,
+    CorruptSegment,
+    build_collection_segment,
+    upload_segment,
+)
 from brainy.maintenance.compaction import rebuild_compacted
 from brainy.maintenance.context import Maintenance
 from brainy.maintenance.verify import (
@@ -185,9 +190,7 @@ def _rebuild_level0(
     except CorruptBatch as e:
         raise NotRebuildable(f"source batch is corrupt: {e}") from None
     rows, _ = build_batch_segment(batch, last_per_id(batch))
-    return build_segment(
-        rows, metric=schema.metric, n_trees=schema.n_trees, seed=schema.seed, workdir=workdir
-    )
+    return build_collection_segment(schema, rows, workdir)
 
 
 def _commit_repairs(

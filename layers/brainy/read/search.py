@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from brainy.format.centroids import read_centroids
 from brainy.format.partitioning import probed_partitions
 from brainy.format.segment import LoadedSegment
 from brainy.read.cache import CachedSegment, SegmentCache
+from brainy.read.recall import RecallMonitor, RecallSample
 from brainy.read.warmup import BackgroundWarmer, WarmReport
 from brainy.storage import ObjectStore
 from brainy.table.deletions import Masks
@@ -65,6 +66,37 @@ def scores(metric: str, vectors: np.ndarray, query: np.ndarray, norms: np.ndarra
     return -np.linalg.norm(vectors - query, axis=1)
 
 
+DEFAULT_RECALL_TARGET = 0.95
+
+
+def plan(
+    calibration: Mapping[str, Any] | None, recall_target: float
+) -> tuple[bool, int | None, int]:
+    """How a segment is searched at `recall_target`: (exact, search_k, k) — the
+    calibrated `search_k` for `k` results, or None where the segment has no
+    calibration (built before it, or small) and `search_k_factor` applies.
+
+    The recorded level at or above the target answers it (0.9 answers 0.85 and
+    0.9; 0.95 answers 0.93); a target above every recorded level, 1.0 included,
+    is searched exactly, as is a level at which the segment recorded a scan as
+    faster than Annoy or no `search_k` reaching it.
+    """
+    if recall_target >= 1.0:
+        return True, None, 0
+    if not calibration:
+        return False, None, 0
+    levels = sorted(
+        (float(key), value, calibration.get("exact", {}).get(key, False))
+        for key, value in calibration.get("search_k", {}).items()
+    )
+    for level, search_k, exact in levels:
+        if level >= recall_target - 1e-9:
+            if exact or search_k is None:
+                return True, None, 0
+            return False, int(search_k), int(calibration.get("k", 10))
+    return True, None, 0
+
+
 def search_segment(
     seg: CachedSegment,
     blocked: np.ndarray | None,
@@ -72,9 +104,11 @@ def search_segment(
     query: np.ndarray,
     k: int,
     filters: Mapping[str, Any] | None,
+    recall_target: float = DEFAULT_RECALL_TARGET,
 ) -> list[Scored]:
     """The best `k` rows of one segment matching `filters`, skipping the rows
-    `blocked` (a boolean array over the segment's rows: masked) marks."""
+    `blocked` (a boolean array over the segment's rows: masked) marks, searched
+    as its calibration says for `recall_target` (see `plan`)."""
     loaded = seg.loaded
     n = loaded.count
     allowed: np.ndarray | None = None
@@ -84,11 +118,14 @@ def search_segment(
             allowed = allowed[~blocked[allowed]]
         if allowed.size == 0:
             return []
-    if n <= schema.exact_threshold or (
-        allowed is not None and allowed.size <= schema.exact_threshold
+    exact, search_k, calibrated_k = plan(loaded.header.calibration, recall_target)
+    if (
+        exact
+        or n <= schema.exact_threshold
+        or (allowed is not None and allowed.size <= schema.exact_threshold)
     ):
         return _exact(loaded, schema.metric, query, k, blocked, allowed)
-    return _approximate(loaded, schema, query, k, blocked, allowed)
+    return _approximate(loaded, schema, query, k, blocked, allowed, search_k, calibrated_k)
 
 
 def _hits(loaded: LoadedSegment, s: np.ndarray, rows: np.ndarray) -> list[Scored]:
@@ -133,7 +170,13 @@ def _approximate(
     k: int,
     blocked: np.ndarray | None,
     allowed: np.ndarray | None,
+    calibrated: int | None = None,
+    calibrated_k: int = 10,
 ) -> list[Scored]:
+    """Annoy's best `k` usable rows, re-scored exactly. `search_k` is the
+    calibrated one scaled by the rows fetched (it was measured for
+    `calibrated_k` results, and a masked or filtered fraction of rows needs
+    proportionally more), or `search_k_factor` × the rows fetched without one."""
     n = loaded.count
     assert loaded.index is not None
     # The rows a hit may come from: None when every row may.
@@ -146,7 +189,10 @@ def _approximate(
     fetch = min(n, max(k * 2, int((k * 1.5) / fraction) + 1))
     qlist = query.tolist()
     while True:
-        search_k = fetch * schema.search_k_factor
+        if calibrated is None:
+            search_k = fetch * schema.search_k_factor
+        else:
+            search_k = int(calibrated * max(1.0, fetch / (2 * calibrated_k)))
         found = np.asarray(
             loaded.index.get_nns_by_vector(qlist, fetch, search_k=search_k), dtype=np.int64
         )
@@ -173,7 +219,15 @@ class Searcher:
         query_threads: int = 4,
         download_threads: int = 8,
         background_warm: bool = True,
+        recall_sample: float = 0.0,
+        on_recall_sample: Callable[[float], Any] | None = None,
     ) -> None:
+        """
+        Args:
+            recall_sample: the fraction of queries re-run exactly in the background
+                to measure recall (see `RecallMonitor`); 0 measures none.
+            on_recall_sample: called with each measured recall.
+        """
         self.store = store
         self.refresh_interval = refresh_interval
         self.cache = SegmentCache(store, cache_dir, cache_bytes, download_threads)
@@ -190,6 +244,7 @@ class Searcher:
             if background_warm
             else None
         )
+        self.recall = RecallMonitor(recall_sample, on_sample=on_recall_sample)
 
     def centroids(self, key: str) -> np.ndarray:
         """The centroids object at `key` (one GET per key per process)."""
@@ -232,7 +287,10 @@ class Searcher:
         filters: Mapping[str, Any] | None = None,
         min_version: int | None = None,
         timeout: float = 10.0,
+        recall_target: float = DEFAULT_RECALL_TARGET,
     ) -> SearchResult:
+        """The best `k` rows for `query`; each segment is searched as its
+        calibration says for `recall_target` (1.0: every segment exactly)."""
         manifest = self.manifest(schema.name, min_version, timeout)
         if manifest is None:
             return SearchResult([], 0)
@@ -246,9 +304,9 @@ class Searcher:
             chosen = [ref for ref in refs if ref.level == 0 or ref.partition in probed]
             rest = [ref for ref in refs if not (ref.level == 0 or ref.partition in probed)]
             refs = chosen
-        found = self._search_segments(refs, schema, query, k, filters)
+        found = self._search_segments(refs, schema, query, k, filters, recall_target)
         if len(found) < k and rest:
-            found += self._search_segments(rest, schema, query, k, filters)
+            found += self._search_segments(rest, schema, query, k, filters, recall_target)
         elif self._background is not None and any(not self.cache.cached(r) for r in rest):
             # The next query may probe other partitions: fetch them now, behind
             # this answer, rather than in front of that one.
@@ -256,7 +314,46 @@ class Searcher:
         best = heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
         hits = [Hit(rid, score, metadata) for score, rid, metadata in best]
         self.vectors_served += len(hits)
+        if self.recall.wanted() and self._local(manifest):
+            answered = tuple(hit.id for hit in hits)
+            self.recall.submit(
+                RecallSample(lambda: self._exact_ids(manifest, schema, query, k, filters), answered)
+            )
         return SearchResult(hits, manifest.version)
+
+    def _local(self, manifest: Manifest) -> bool:
+        """Whether every live segment of `manifest` and its mask are held here: a
+        recall sample is measured only then, so it never downloads (nor evicts
+        what queries use); a collection queries have not loaded is sampled once
+        warm."""
+        return all(
+            self.cache.cached(ref) and self.masks.known(ref)
+            for ref in manifest.segments
+            if ref.live > 0
+        )
+
+    def _exact_ids(
+        self,
+        manifest: Manifest,
+        schema: CollectionSchema,
+        query: np.ndarray,
+        k: int,
+        filters: Mapping[str, Any] | None,
+    ) -> list[str]:
+        """The exact best `k` ids at `manifest`: every live segment (no pruning)
+        searched exactly, one at a time, on the caller's thread (the recall
+        monitor's), so it never takes a query thread; nothing if a segment has
+        left the cache since the query."""
+        if not self._local(manifest):
+            return []
+        found: list[Scored] = []
+        for ref in manifest.segments:
+            if ref.live > 0:
+                (seg,) = self.cache.get_many([ref])
+                blocked = self.masks.blocked(ref)
+                found += search_segment(seg, blocked, schema, query, k, filters, 1.0)
+        best = heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
+        return [rid for _, rid, _ in best]
 
     def warm(self, collection: str, *, parallel: bool = True) -> WarmReport:
         """Load the newest manifest's live segments (level-0 first: every query
@@ -301,18 +398,20 @@ class Searcher:
         query: np.ndarray,
         k: int,
         filters: Mapping[str, Any] | None,
+        recall_target: float,
     ) -> list[Scored]:
         """The best `k` of each segment, in parallel, downloading those not cached."""
         segments = self.cache.get_many(refs)
         parts = self._pool.map(
             lambda pair: search_segment(
-                pair[0], self.masks.blocked(pair[1]), schema, query, k, filters
+                pair[0], self.masks.blocked(pair[1]), schema, query, k, filters, recall_target
             ),
             zip(segments, refs, strict=True),
         )
         return [item for part in parts for item in part]
 
     def close(self) -> None:
+        self.recall.close()
         if self._background is not None:
             self._background.close()
         self._pool.shutdown(wait=False)

@@ -27,7 +27,7 @@ from brainy.core.config import (
 from brainy.core.errors import Forbidden, InvalidInput, UnknownCollection
 from brainy.format.batch import WriterClock
 from brainy.maintenance.context import Maintenance
-from brainy.read.search import Searcher, SearchResult
+from brainy.read.search import DEFAULT_RECALL_TARGET, Searcher, SearchResult
 from brainy.read.warmup import WarmReport
 from brainy.service.clock import ClockCheck
 from brainy.service.maintenance import maintain
@@ -47,7 +47,9 @@ from brainy.write.ingest import (
 
 log = logging.getLogger(__name__)
 
-_QUERY_FIELDS = {"collection", "vector", "text", "k", "filter", "min_version"}
+_QUERY_FIELDS = {"collection", "vector", "text", "k", "filter", "min_version", "recall_target"}
+# A recall target below this is not worth a search (and no segment calibrates for it).
+MIN_RECALL_TARGET = 0.5
 _WARMUP_FIELDS = {"collection"}
 PROBES_PREFIX = "_brainy/probes/"
 
@@ -59,6 +61,10 @@ class SearchQuery:
     k: int
     filters: dict[str, Any]
     min_version: int | None
+    # Any number in [MIN_RECALL_TARGET, 1.0]: segments calibrate at 0.9, 0.95 and
+    # 0.99, and a target is answered by the level at or above it (see
+    # `brainy.read.search.plan`); 1.0 searches every segment exactly.
+    recall_target: float = DEFAULT_RECALL_TARGET
 
 
 class Brainy:
@@ -89,7 +95,9 @@ class Brainy:
                 settings.clock_check_interval,
             )
         self.metrics = Metrics(
-            self._cache_hit_ratio, self.clock_check.last_measured if self.clock_check else None
+            self._cache_hit_ratio,
+            self.clock_check.last_measured if self.clock_check else None,
+            lambda: self._searcher.recall.recall if self._searcher else float("nan"),
         )
         store.add_observer(self.metrics.count_request)
 
@@ -250,6 +258,8 @@ class Brainy:
                         self.settings.query_threads,
                         self.settings.download_threads,
                         self.settings.background_warm,
+                        self.settings.recall_sample,
+                        lambda _: self.metrics.recall_samples.inc(),
                     )
         return self._searcher
 
@@ -285,7 +295,19 @@ class Brainy:
             raise InvalidInput(
                 "min_version", f"expected a non-negative integer, got {min_version!r}"
             )
-        return SearchQuery(schema, vector, k, dict(filters), min_version)
+        recall_target = payload.get("recall_target")
+        if recall_target is None:
+            recall_target = DEFAULT_RECALL_TARGET
+        elif (
+            isinstance(recall_target, bool)
+            or not isinstance(recall_target, (int, float))
+            or not MIN_RECALL_TARGET <= recall_target <= 1.0
+        ):
+            raise InvalidInput(
+                "recall_target",
+                f"expected a number in [{MIN_RECALL_TARGET}, 1.0], got {recall_target!r}",
+            )
+        return SearchQuery(schema, vector, k, dict(filters), min_version, float(recall_target))
 
     def search(self, payload: Mapping[str, Any]) -> SearchResult:
         if not self.settings.can_search:
@@ -299,6 +321,7 @@ class Brainy:
             query.filters,
             query.min_version,
             self.settings.min_version_timeout,
+            query.recall_target,
         )
         self.metrics.search_seconds.observe(time.perf_counter() - started)
         self.metrics.vectors_served.inc(len(result.hits))

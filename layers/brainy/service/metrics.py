@@ -17,6 +17,7 @@ class Metrics:
         self,
         cache_hit_ratio: Callable[[], float] | None = None,
         clock_skew: Callable[[], float] | None = None,
+        search_recall: Callable[[], float] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.search_seconds = Histogram(
@@ -54,6 +55,18 @@ class Metrics:
             registry=self.registry,
         )
         self.clock_skew.set_function(clock_skew or (lambda: float("nan")))
+        self.search_recall = Gauge(
+            "brainy_search_recall",
+            "Recall@k of sampled queries against an exact re-run, averaged over the"
+            " latest 100 (NaN: none measured; see the recall_sample setting)",
+            registry=self.registry,
+        )
+        self.search_recall.set_function(search_recall or (lambda: float("nan")))
+        self.recall_samples = Counter(
+            "brainy_search_recall_samples",
+            "Sampled queries whose recall was measured",
+            registry=self.registry,
+        )
 
     def count_request(self, kind: str) -> None:
         self.store_requests.labels(kind=kind).inc()

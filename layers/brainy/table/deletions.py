@@ -53,6 +53,10 @@ class Masks:
         self._remember(ref.deletes, rows)
         return rows
 
+    def known(self, ref: SegmentRef) -> bool:
+        """Whether `blocked(ref)` answers without a request to the store."""
+        return ref.deletes is None or ref.deletes in self._blocked
+
     def blocked(self, ref: SegmentRef) -> np.ndarray | None:
         """A boolean array over `ref`'s rows, True where masked; None if none is."""
         if ref.deletes is None:

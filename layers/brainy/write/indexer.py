@@ -29,7 +29,7 @@ from brainy.format.segment import (
     SegmentHeader,
     SegmentRows,
     Tombstones,
-    build_segment,
+    build_collection_segment,
     upload_segment,
 )
 from brainy.storage import NotFound, ObjectStore
@@ -188,13 +188,7 @@ class Indexer:
             if resolve(live_index.at(base), change, base.floor).wins == 0:
                 # A redelivery: nothing to build.
                 return base, False
-        built = build_segment(
-            seg_rows,
-            metric=schema.metric,
-            n_trees=schema.n_trees,
-            seed=schema.seed,
-            workdir=self.workdir,
-        )
+        built = build_collection_segment(schema, seg_rows, self.workdir)
         try:
             uploaded_at = time.time()
             new_ref = SegmentRef.uploaded(

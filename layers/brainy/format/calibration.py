@@ -1,0 +1,184 @@
+"""Build-time calibration: how a segment is searched at each recall target.
+
+Annoy's default `search_k` (n × n_trees) gives poor recall on real embeddings,
+and the `search_k` that reaches a given recall depends on the data and the
+segment's size (DESIGN §11). So a segment measures it when it is built, on its
+own rows: a seeded sample of rows is used as queries, each with its own row left
+out of both answers (a real query is not in the index, and a row always finds
+itself), and `search_k` doubles from `k × n_trees` until the recall@k of Annoy
+against an exact scan reaches each target. Exact search wins where Annoy needs
+so many nodes that a scan of every row is faster (both timed here, per query, on
+this machine) or where no `search_k` up to `n × n_trees` reaches the target.
+
+What is recorded (the segment header's optional `"calibration"`):
+
+    {"k": 10, "sample": 48,
+     "search_k": {"0.9": 640, "0.95": 1280, "0.99": 5120},   # None: unreachable
+     "exact": {"0.9": false, "0.95": false, "0.99": true}}
+
+`search_k` is absolute, measured for `k` = 10 results; a search for more results
+(or over-fetching past masked rows) scales it up (see `brainy.read.search`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from annoy import AnnoyIndex
+
+# Recall levels recorded, as the header's keys ("0.9", "0.95", "0.99").
+LEVELS = (0.90, 0.95, 0.99)
+CALIBRATION_K = 10
+# Enough queries to tell 0.95 from 0.99 (each contributes k answers), few enough
+# that the build's cost is the trees, not the calibration.
+SAMPLE = 48
+# Exact scans are timed on a block of at most this many rows and scaled to n.
+_TIMED_ROWS = 65_536
+_GT_CHUNK = 65_536
+
+
+def level_key(level: float) -> str:
+    return f"{level:g}"
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-30)
+
+
+def _ground_truth(
+    vectors: np.ndarray, queries: np.ndarray, own: np.ndarray, metric: str, k: int
+) -> np.ndarray:
+    """The exact best `k` rows for each query, leaving out its `own` row (-1:
+    none): one matrix product per chunk of rows, the best kept across chunks."""
+    n, m = vectors.shape[0], len(queries)
+    if metric == "angular":
+        queries = _normalise(queries)
+    best_s = np.full((m, 0), -np.inf, dtype=np.float32)
+    best_r = np.zeros((m, 0), dtype=np.int64)
+    for start in range(0, n, _GT_CHUNK):
+        block = np.ascontiguousarray(vectors[start : start + _GT_CHUNK], dtype=np.float32)
+        if metric == "angular":
+            block = _normalise(block)
+        s = queries @ block.T
+        if metric == "euclidean":
+            # -|b - q|² ranks as -L2 does; |q|² is constant per query.
+            s = 2 * s - np.einsum("ij,ij->i", block, block)[None, :]
+        ids = np.arange(start, start + block.shape[0])
+        s = np.where(own[:, None] == ids[None, :], -np.inf, s)
+        s = np.concatenate([best_s, s], axis=1)
+        r = np.concatenate([best_r, np.broadcast_to(ids, (m, ids.size))], axis=1)
+        take = min(k, s.shape[1])
+        part = np.argpartition(-s, take - 1, axis=1)[:, :take]
+        best_s = np.take_along_axis(s, part, axis=1)
+        best_r = np.take_along_axis(r, part, axis=1)
+    return best_r
+
+
+def _queries(
+    vectors: np.ndarray, rows: np.ndarray, metric: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The calibration's queries and the row each must not find (-1: none).
+
+    A third are sampled rows, their own row left out. Rows alone are optimistic:
+    a row sits where the data is dense, and real queries need not (measured:
+    queries drawn away from the data's clusters lost a third of their recall at
+    a search_k rows alone judged enough). So a third are midpoints of two rows
+    (between clusters) and a third are drawn from one Gaussian with the sample's
+    mean and covariance (no clusters at all: the hard case).
+    """
+    m = len(rows)
+    third = m // 3
+    base = np.asarray(vectors[rows], dtype=np.float32)
+    if metric == "angular":
+        base = _normalise(base)
+    queries = base.copy()
+    # Midpoints of the second third with other random rows.
+    other = np.asarray(vectors[np.sort(rng.choice(vectors.shape[0], size=third))], np.float32)
+    if metric == "angular":
+        other = _normalise(other)
+    queries[third : 2 * third] = (base[third : 2 * third] + other) / 2
+    # Random combinations of the centred sample have its mean and covariance,
+    # without forming the d × d matrix.
+    centred = base - base.mean(axis=0)
+    weights = rng.standard_normal((m - 2 * third, m)).astype(np.float32) / np.sqrt(m - 1)
+    queries[2 * third :] = base.mean(axis=0) + weights @ centred
+    own = rows.astype(np.int64).copy()
+    own[third:] = -1
+    return np.ascontiguousarray(queries, dtype=np.float32), own
+
+
+def _annoy_recall(
+    index: AnnoyIndex, queries: list[list[float]], own: np.ndarray, truth: np.ndarray,
+    k: int, search_k: int,
+) -> tuple[float, float]:  # fmt: skip
+    """Mean recall@k of Annoy at `search_k`, and its mean seconds per query."""
+    hits = 0
+    started = time.perf_counter()
+    for q, skip, want in zip(queries, own.tolist(), truth, strict=True):
+        found = [r for r in index.get_nns_by_vector(q, k + 1, search_k=search_k) if r != skip]
+        hits += len(set(found[:k]) & set(want.tolist()))
+    seconds = (time.perf_counter() - started) / len(queries)
+    return hits / (len(queries) * truth.shape[1]), seconds
+
+
+def exact_seconds(vectors: np.ndarray, rows: np.ndarray, k: int) -> float:
+    """Seconds per query of an exact scan of every row, as the search path does
+    it (one matrix-vector product over contiguous rows, then the best k).
+
+    The one measurement of this machine a calibration makes: tests replace it to
+    pin the decision (a scan costing infinity keeps every segment on Annoy)."""
+    n = vectors.shape[0]
+    block = np.ascontiguousarray(vectors[: min(n, _TIMED_ROWS)], dtype=np.float32)
+    norms = np.linalg.norm(block, axis=1)
+    timed = rows[:8]
+    started = time.perf_counter()
+    for r in timed.tolist():
+        q = block[min(r, block.shape[0] - 1)]
+        s = (block @ q) / np.maximum(norms * np.linalg.norm(q), 1e-30)
+        np.argpartition(-s, min(k, s.size - 1))
+    per_block = (time.perf_counter() - started) / len(timed)
+    return per_block * n / block.shape[0]
+
+
+def calibrate(
+    index: AnnoyIndex, vectors: np.ndarray, metric: str, n_trees: int, seed: int
+) -> dict[str, Any]:
+    """Measure the `search_k` that reaches each of `LEVELS` on this segment, and
+    whether an exact scan is faster there (see the module docstring).
+
+    Args:
+        index: the segment's built Annoy index.
+        vectors: its rows' vectors (n × dimension, any strides).
+        metric: the collection's metric.
+        n_trees: trees in the index (the doubling starts at k × n_trees and
+            stops at n × n_trees, Annoy's default).
+        seed: seeds the sample, so a rebuild measures the same rows.
+
+    Returns:
+        The header's `"calibration"` object.
+    """
+    n = vectors.shape[0]
+    k = min(CALIBRATION_K, n - 1)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=min(SAMPLE, n), replace=False))
+    queries, own = _queries(vectors, rows, metric, rng)
+    truth = _ground_truth(vectors, queries, own, metric, k)
+    scan_seconds = exact_seconds(vectors, rows, k)
+    cap = n * n_trees
+    search_k = min(cap, k * n_trees)
+    found: dict[str, int | None] = {level_key(level): None for level in LEVELS}
+    exact: dict[str, bool] = {level_key(level): True for level in LEVELS}
+    while True:
+        recall, seconds = _annoy_recall(index, queries.tolist(), own, truth, k, search_k)
+        for level in LEVELS:
+            key = level_key(level)
+            if found[key] is None and recall >= level:
+                found[key] = search_k
+                exact[key] = seconds >= scan_seconds
+        # Past the cost of a scan Annoy cannot win any higher target.
+        if found[level_key(LEVELS[-1])] is not None or search_k >= cap or seconds > scan_seconds:
+            break
+        search_k = min(cap, search_k * 2)
+    return {"k": CALIBRATION_K, "sample": len(rows), "search_k": found, "exact": exact}
