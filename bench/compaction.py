@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -71,16 +72,20 @@ class Config:
         )
 
 
-def _app(store_dir: Path, cache_dir: Path) -> Brainy:
-    env = {
+def bench_env(store_dir: Path, cache_dir: Path, role: str) -> dict[str, str]:
+    """The environment of a benchmark instance on the local folder `store_dir`."""
+    return {
         "BRAINY_STORE": f"file://{store_dir}",
-        "BRAINY_ROLE": "compactor",
+        "BRAINY_ROLE": role,
         "BRAINY_CACHE_DIR": str(cache_dir),
         "BRAINY_REFRESH_INTERVAL": "0",
-        # Keep every tombstone and batch: the benchmark measures the merge alone.
+        # Keep every tombstone and batch: the benchmarks measure merges and commits alone.
         "BRAINY_TOMBSTONE_GRACE": "1d",
     }
-    return Brainy.from_env("compactor", env)
+
+
+def _app(store_dir: Path, cache_dir: Path) -> Brainy:
+    return Brainy.from_env("compactor", bench_env(store_dir, cache_dir, "compactor"))
 
 
 def _vectors(config: Config, start: int, count: int) -> np.ndarray:
@@ -184,7 +189,7 @@ def build_throughput(config: Config, scratch: Path, rows: int = 100_000) -> dict
     return {"rows": rows, "seconds": round(seconds, 2), "vectors_per_s": round(rows / seconds)}
 
 
-def _status_kb(field: str) -> int:
+def status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -197,7 +202,7 @@ def child(store_dir: Path, cache_dir: Path) -> None:
 
     app = _app(store_dir, cache_dir)
     ctx = app.maintenance
-    rss_before = _status_kb("VmRSS")
+    rss_before = status_kb("VmRSS")
     began = time.perf_counter()
     report = compact(ctx, COLLECTION, force=True)
     seconds = time.perf_counter() - began
@@ -210,23 +215,24 @@ def child(store_dir: Path, cache_dir: Path) -> None:
                 "rows_out": report.rows_out,
                 "outputs": report.outputs,
                 "rss_before_kb": rss_before,
-                "vm_hwm_kb": _status_kb("VmHWM"),
+                "vm_hwm_kb": status_kb("VmHWM"),
             }
         )
     )
 
 
-def _run_child(store_dir: Path, tmp: Path) -> dict[str, Any]:
-    """The compaction, in a process of its own; its figures."""
+def run_child(module: str, *args: str) -> dict[str, Any]:
+    """`python -m bench.<module> --child ARGS` in a process of its own (its peak
+    memory is then its own); the JSON figures it prints last."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.compaction", "--child", str(store_dir), str(tmp)],
+        [sys.executable, "-m", f"bench.{module}", "--child", *args],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
     if proc.returncode:
         sys.stderr.write(proc.stderr)
-        raise SystemExit(f"compaction child failed ({proc.returncode})")
+        raise SystemExit(f"{module} child failed ({proc.returncode})")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -253,7 +259,7 @@ def run(config: Config, workdir: Path, label: str) -> dict[str, Any]:
         store_dir = Path(tmp) / "store"
         shutil.copytree(pristine, store_dir, copy_function=os.link)
         commit_level0(config, store_dir, Path(tmp) / "cache-setup", refs)
-        figures = _run_child(store_dir, Path(tmp))
+        figures = run_child("compaction", str(store_dir), str(tmp))
         manifest = _app(store_dir, Path(tmp) / "cache-check").manifests(COLLECTION).latest()
         assert manifest is not None
         largest = max((ref.count for ref in manifest.segments), default=0)
@@ -275,9 +281,11 @@ def run(config: Config, workdir: Path, label: str) -> dict[str, Any]:
     }
 
 
-def _save(result: dict[str, Any]) -> list[dict[str, Any]]:
+def save_result(name: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Add `result` to bench/results/<name>.json, replacing a run with the same label
+    and configuration; every run kept."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "compaction.json"
+    path = RESULTS / f"{name}.json"
     runs = json.loads(path.read_text())["runs"] if path.exists() else []
     key = (result["label"], json.dumps(result["config"], sort_keys=True))
     runs = [r for r in runs if (r["label"], json.dumps(r["config"], sort_keys=True)) != key]
@@ -302,9 +310,13 @@ _COLUMNS = (  # heading, width, the figure of one run
 )
 
 
-def _table(runs: list[dict[str, Any]]) -> str:
-    head = " ".join(f"{name:>{width}}" for name, width, _ in _COLUMNS)
-    rows = [" ".join(f"{get(r)!s:>{width}}" for _, width, get in _COLUMNS) for r in runs]
+Columns = tuple[tuple[str, int, Callable[[dict[str, Any]], Any]], ...]
+
+
+def table(columns: Columns, runs: list[dict[str, Any]]) -> str:
+    """Runs as a text table: one (heading, width, figure of a run) per column."""
+    head = " ".join(f"{name:>{width}}" for name, width, _ in columns)
+    rows = [" ".join(f"{get(r)!s:>{width}}" for _, width, get in columns) for r in runs]
     return "\n".join([head, "-" * len(head), *rows])
 
 
@@ -344,9 +356,9 @@ def main(argv: list[str] | None = None) -> None:
     for partitions in args.partitions:
         config = Config(**{**given, "partitions": partitions})
         result = run(config, args.workdir, args.label)
-        runs = _save(result)
-        print(_table([result]), flush=True)
-    print(f"\nall runs in {RESULTS / 'compaction.json'}:\n{_table(runs)}")
+        runs = save_result("compaction", result)
+        print(table(_COLUMNS, [result]), flush=True)
+    print(f"\nall runs in {RESULTS / 'compaction.json'}:\n{table(_COLUMNS, runs)}")
 
 
 if __name__ == "__main__":

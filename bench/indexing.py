@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,17 @@ from typing import Any
 import numpy as np
 
 import bench.compaction as compaction
-from bench.compaction import COLLECTION, RESULTS, build_level0, commit_level0
+from bench.compaction import (
+    COLLECTION,
+    RESULTS,
+    bench_env,
+    build_level0,
+    commit_level0,
+    run_child,
+    save_result,
+    status_kb,
+    table,
+)
 from brainy.service.app import Brainy
 from brainy.table.manifest import SegmentRef
 
@@ -72,17 +81,6 @@ class Config:
         )
 
 
-def _env(store_dir: Path, cache_dir: Path, role: str) -> dict[str, str]:
-    return {
-        "BRAINY_STORE": f"file://{store_dir}",
-        "BRAINY_ROLE": role,
-        "BRAINY_CACHE_DIR": str(cache_dir),
-        "BRAINY_REFRESH_INTERVAL": "0",
-        # As bench.compaction: keep every tombstone, the collection's rows are old.
-        "BRAINY_TOMBSTONE_GRACE": "1d",
-    }
-
-
 def prepare(config: Config, workdir: Path) -> tuple[Path, dict[str, Any]]:
     """The collection's store, built once per configuration under `workdir` and
     kept: level-0 segments committed as one version, compacted if asked."""
@@ -106,7 +104,7 @@ def prepare(config: Config, workdir: Path) -> tuple[Path, dict[str, Any]]:
         shutil.copytree(pristine, store_dir, copy_function=os.link)
         commit_level0(level0, store_dir, prepared / "cache", refs)
         if config.partitions:
-            setup["compaction"] = compaction._run_child(store_dir, prepared)
+            setup["compaction"] = run_child("compaction", str(store_dir), str(prepared))
         shutil.rmtree(prepared / "cache", ignore_errors=True)
         done.write_text(json.dumps(setup))
     return prepared / "store", json.loads(done.read_text())
@@ -114,7 +112,7 @@ def prepare(config: Config, workdir: Path) -> tuple[Path, dict[str, Any]]:
 
 def ingest_batches(config: Config, store_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
     """Write the batches through a write instance; their keys and record counts."""
-    app = Brainy.from_env("ingest", _env(store_dir, cache_dir, "ingest"))
+    app = Brainy.from_env("ingest", bench_env(store_dir, cache_dir, "ingest"))
     rng = np.random.default_rng(config.seed + 1)
     existing = rng.permutation(config.n)  # re-upserted and deleted ids, none twice
     taken = 0
@@ -141,37 +139,33 @@ def ingest_batches(config: Config, store_dir: Path, cache_dir: Path) -> list[dic
     return out
 
 
-def _status_kb(field: str) -> int:
-    return compaction._status_kb(field)
-
-
 def child(store_dir: Path, cache_dir: Path, keys_file: Path) -> None:
     """Runs in the child process: a cold indexer applies the batches in order."""
     import brainy.write.indexer as indexer_module
 
-    build = indexer_module.build_segment
+    build = indexer_module.build_collection_segment
     built = {"seconds": 0.0, "vectors": 0}
 
-    def timed_build(rows: Any, **kwargs: Any) -> Any:
+    def timed_build(*args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
-        result = build(rows, **kwargs)
+        result = build(*args, **kwargs)
         built["seconds"] += time.perf_counter() - began
         built["vectors"] += result.count
         return result
 
-    indexer_module.build_segment = timed_build
+    indexer_module.build_collection_segment = timed_build
     keys = json.loads(keys_file.read_text())
-    rss_start = _status_kb("VmRSS")
-    app = Brainy.from_env("indexer", _env(store_dir, cache_dir, "indexer"))
+    rss_start = status_kb("VmRSS")
+    app = Brainy.from_env("indexer", bench_env(store_dir, cache_dir, "indexer"))
     seconds, rss, statuses = [], [], []
     for key in keys:
         began = time.perf_counter()
         result = app.index_key(key)
         seconds.append(time.perf_counter() - began)
-        rss.append(_status_kb("VmRSS"))
+        rss.append(status_kb("VmRSS"))
         statuses.append(result.status)
         if len(seconds) == 1:
-            hwm_cold = _status_kb("VmHWM")
+            hwm_cold = status_kb("VmHWM")
     live = len(app.indexer.live_index(COLLECTION)._newest)
     print(
         json.dumps(
@@ -181,7 +175,7 @@ def child(store_dir: Path, cache_dir: Path, keys_file: Path) -> None:
                 "rss_start_kb": rss_start,
                 "rss_kb": rss,
                 "vm_hwm_cold_kb": hwm_cold,
-                "vm_hwm_kb": _status_kb("VmHWM"),
+                "vm_hwm_kb": status_kb("VmHWM"),
                 "live_ids": live,
                 "build_seconds": round(built["seconds"], 3),
                 "build_vectors": built["vectors"],
@@ -193,16 +187,7 @@ def child(store_dir: Path, cache_dir: Path, keys_file: Path) -> None:
 def _run_child(store_dir: Path, tmp: Path, keys: list[str]) -> dict[str, Any]:
     keys_file = tmp / "keys.json"
     keys_file.write_text(json.dumps(keys))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.indexing", "--child", str(store_dir), str(tmp)],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    if proc.returncode:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"indexer child failed ({proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child("indexing", str(store_dir), str(tmp))
 
 
 def run(config: Config, workdir: Path, label: str) -> dict[str, Any]:
@@ -212,7 +197,7 @@ def run(config: Config, workdir: Path, label: str) -> dict[str, Any]:
         shutil.copytree(prepared, store_dir, copy_function=os.link)
         batches = ingest_batches(config, store_dir, Path(tmp) / "cache-ingest")
         figures = _run_child(store_dir, Path(tmp), [b["key"] for b in batches])
-        check = Brainy.from_env("cli", _env(store_dir, Path(tmp) / "cache-check", "cli"))
+        check = Brainy.from_env("cli", bench_env(store_dir, Path(tmp) / "cache-check", "cli"))
         manifest = check.manifests(COLLECTION).latest()
         assert manifest is not None
         largest = max((ref.count for ref in manifest.segments), default=0)
@@ -253,17 +238,6 @@ def run(config: Config, workdir: Path, label: str) -> dict[str, Any]:
     }
 
 
-def _save(result: dict[str, Any]) -> list[dict[str, Any]]:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "indexing.json"
-    runs = json.loads(path.read_text())["runs"] if path.exists() else []
-    key = (result["label"], json.dumps(result["config"], sort_keys=True))
-    runs = [r for r in runs if (r["label"], json.dumps(r["config"], sort_keys=True)) != key]
-    runs.append(result)
-    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
-    return runs
-
-
 _MB = 2**20
 _COLUMNS = (  # heading, width, the figure of one run
     ("label", 10, lambda r: r["label"]),
@@ -282,12 +256,6 @@ _COLUMNS = (  # heading, width, the figure of one run
     ("largest MB", 10, lambda r: round(r["largest_partition_raw_bytes"] / _MB)),
     ("peak/largest", 12, lambda r: r["peak_over_largest"]),
 )
-
-
-def _table(runs: list[dict[str, Any]]) -> str:
-    head = " ".join(f"{name:>{width}}" for name, width, _ in _COLUMNS)
-    rows = [" ".join(f"{get(r)!s:>{width}}" for _, width, get in _COLUMNS) for r in runs]
-    return "\n".join([head, "-" * len(head), *rows])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -329,9 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     given = {f.name: getattr(args, f.name) for f in fields(Config)}
     for partitions in args.partitions:
         result = run(Config(**{**given, "partitions": partitions}), args.workdir, args.label)
-        runs = _save(result)
-        print(_table([result]), flush=True)
-    print(f"\nall runs in {RESULTS / 'indexing.json'}:\n{_table(runs)}")
+        runs = save_result("indexing", result)
+        print(table(_COLUMNS, [result]), flush=True)
+    print(f"\nall runs in {RESULTS / 'indexing.json'}:\n{table(_COLUMNS, runs)}")
 
 
 if __name__ == "__main__":
