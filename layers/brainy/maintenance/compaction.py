@@ -616,9 +616,11 @@ def compact(
         manifests = ctx.manifests_of(collection)
         base = manifests.latest()
         floor, swept = base.floor if base else 0, base.swept if base else 0.0
+        unrecorded: float | None = None
         if sweep_first:
             swept_report = sweep(ctx, collection)
             report.sweep = swept_report.to_dict()
+            unrecorded = swept_report.unrecorded
             # No horizon when some batch could not be indexed: keep every tombstone.
             if swept_report.horizon is not None:
                 swept = max(swept, swept_report.horizon)
@@ -630,7 +632,6 @@ def compact(
         plan = plan_compaction(base, schema, settings, force=force, floor=floor)
         # With nothing to merge, the sweep's horizon is still worth a commit when it
         # lets GC collect batches past their retention (or when asked to).
-        unrecorded = report.sweep.get("unrecorded")
         record = swept > base.swept and (
             force
             or (unrecorded is not None and unrecorded < time.time() - settings.batch_retention)

@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
-from brainy.storage import NotFound, ObjectStore
-from brainy.storage.cas import Contention, Current, compare_and_swap
+from brainy.storage import ObjectStore
+from brainy.storage.cas import Contention, Current, compare_and_swap, read_current
 
 __all__ = [
     "LOCKS_PREFIX",
@@ -492,11 +492,10 @@ class LeaseManager:
             ) from None
 
     def _read(self, key: str) -> _Current | None:
-        try:
-            blob = self.store.get(key)
-        except NotFound:
+        current = read_current(self.store, key)
+        if current.data is None or current.etag is None:
             return None
-        return _Current(blob.data, blob.etag, _decode(blob.data))
+        return _Current(current.data, current.etag, _decode(current.data))
 
     def _record(self, lease: Lease, state: _RecordState, now: float) -> _Record:
         return _Record(

@@ -26,7 +26,7 @@ from typing import Any
 from brainy.format.batch import Batch, CorruptBatch
 from brainy.format.centroids import CorruptCentroids, read_centroids
 from brainy.format.deletes import CorruptDeletionFile
-from brainy.format.segment import CorruptSegment, SegmentHeader, load_segment
+from brainy.format.segment import CorruptSegment, SegmentHeader, load_segment, read_segment_header
 from brainy.storage import NotFound, ObjectStore
 from brainy.table.deletions import Masks
 from brainy.table.headers import HeaderCache
@@ -193,7 +193,7 @@ def _check_segment(
             for suffix in (".ann", ".json"):
                 (tmp / f"{ref.id}{suffix}").unlink(missing_ok=True)
         else:
-            header = HeaderCache(store).get(ref)
+            header = read_segment_header(store, ref.key)
     except NotFound:
         report.add(MISSING_SEGMENT, ref.key, "referenced by the manifest but not stored")
         return None

@@ -301,8 +301,9 @@ class Searcher:
         if manifest.centroids is not None:
             centroids = self.centroids(manifest.centroids)
             probed = set(probed_partitions(centroids, query, schema.metric, schema.probes).tolist())
-            chosen = [ref for ref in refs if ref.level == 0 or ref.partition in probed]
-            rest = [ref for ref in refs if not (ref.level == 0 or ref.partition in probed)]
+            chosen: list[SegmentRef] = []
+            for ref in refs:
+                (chosen if ref.level == 0 or ref.partition in probed else rest).append(ref)
             refs = chosen
         found = self._search_segments(refs, schema, query, k, filters, recall_target)
         if len(found) < k and rest:
