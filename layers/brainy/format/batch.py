@@ -2,8 +2,13 @@
 
 A batch is written once, by put-if-absent, and never changed. Its encoding is
 `MAGIC | xxh3-128 digest of the body | body`, the body being a length-prefixed
-JSON header (ids, operations, timestamps, metadata) followed by the float32
-vectors of the upserts, in record order.
+JSON header (ids, operations, metadata), then the records' int64 timestamps,
+then the float32 vectors of the upserts, in record order (all little-endian).
+
+Batches are durable in users' buckets, so every format ever written stays
+readable: format 1 carried the timestamps as a JSON list in the header (a
+third of the header, and the one column that costs a Python int per record both
+ways); format 2, written since, carries them as a binary column.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import numpy as np
 import xxhash
 
 MAGIC = b"BRAINYB1"
+FORMAT = 2
+_READABLE = (1, 2)
 UPSERT = "u"
 DELETE = "d"
 WAL = "wal"
@@ -56,22 +63,28 @@ class Batch:
         return len(self.ops) - self.upserts
 
     def encode(self) -> bytes:
+        vectors = np.ascontiguousarray(self.vectors, dtype="<f4")
+        timestamps = np.ascontiguousarray(self.timestamps, dtype="<i8")
         header = json.dumps(
             {
-                "format": 1,
+                "format": FORMAT,
                 "collection": self.collection,
                 "writer": self.writer,
                 "ids": self.ids,
                 "ops": "".join(self.ops),
-                "timestamps": [int(t) for t in self.timestamps],
                 "metadata": self.metadata,
-                "dimension": int(self.vectors.shape[1]) if self.vectors.ndim == 2 else 0,
+                "dimension": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
                 "request_hash": self.request_hash,
             },
             separators=(",", ":"),
         ).encode()
-        body = struct.pack("<Q", len(header)) + header + self.vectors.astype("<f4").tobytes()
-        return MAGIC + xxhash.xxh3_128_digest(body) + body
+        # The body's parts are hashed where they are and joined once: the vectors
+        # (most of a batch) are copied only into the object itself.
+        parts = [struct.pack("<Q", len(header)), header, timestamps.data, vectors.data]
+        hasher = xxhash.xxh3_128()
+        for part in parts:
+            hasher.update(part)
+        return b"".join([MAGIC, hasher.digest(), *parts])
 
     @classmethod
     def decode(cls, data: bytes, key: str = "") -> Batch:
@@ -86,22 +99,30 @@ class Batch:
         try:
             (hlen,) = struct.unpack_from("<Q", body)
             header = json.loads(bytes(body[8 : 8 + hlen]))
+            version = header.get("format")
+            if version not in _READABLE:
+                raise ValueError(f"format {version!r}; this release reads {_READABLE}")
             ops = list(header["ops"])
             dim = int(header["dimension"])
-            upserts = ops.count(UPSERT)
-            vectors = np.frombuffer(body[8 + hlen :], dtype="<f4").astype(np.float32, copy=False)
-            vectors = vectors.reshape(upserts, dim) if dim else vectors.reshape(0, 0)
+            rest = body[8 + hlen :]
+            if version == 1:
+                timestamps = np.asarray(header["timestamps"], dtype=np.int64)
+            else:
+                timestamps = np.frombuffer(rest, dtype="<i8", count=len(ops))
+                rest = rest[8 * len(ops) :]
+            vectors = np.frombuffer(rest, dtype="<f4")
+            vectors = vectors.reshape(ops.count(UPSERT), dim) if dim else vectors.reshape(0, 0)
             batch = cls(
                 collection=header["collection"],
                 writer=header["writer"],
                 ids=list(header["ids"]),
                 ops=ops,
-                timestamps=np.asarray(header["timestamps"], dtype=np.int64),
-                vectors=vectors,
+                timestamps=timestamps.astype(np.int64, copy=False),
+                vectors=vectors.astype(np.float32, copy=False),
                 metadata=list(header["metadata"]),
                 request_hash=header.get("request_hash", ""),
             )
-        except (ValueError, KeyError, TypeError, struct.error) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, struct.error) as e:
             raise CorruptBatch(f"{key}: cannot decode ({e})") from None
         if not (len(batch.ids) == len(batch.ops) == len(batch.timestamps) == len(batch.metadata)):
             raise CorruptBatch(f"{key}: column lengths disagree")
