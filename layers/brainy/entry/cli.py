@@ -32,7 +32,7 @@ from brainy.entry.demo import DEMO_STORE, reset_store, run_demo
 from brainy.service.app import Brainy
 from brainy.storage import ObjectStore, ReadOnlyStore, StorageError, open_store
 from brainy.table.manifest import CommitFailed
-from brainy.write.ingest import validate
+from brainy.write.ingest import IngestOutcome, validate, validate_vectors
 
 DEFAULT_STORE = "file://./.brainy/data"
 DEFAULT_BATCH_SIZE = 2000
@@ -378,23 +378,81 @@ def _run_collection_list(args: argparse.Namespace, session: Session) -> int:
 # -------------------------------------------------------------------- ingest
 
 
+def _relocate(
+    error: BrainyError, record_at: Callable[[int], str], delete_at: Callable[[int], str]
+) -> CliError:
+    """The error with `records[3].vector` replaced by the file and line it came from."""
+    m = re.match(r"^(records|deletes)\[(\d+)\](.*)$", error.field)
+    if m is None:
+        return CliError(error.field, error.reason)
+    if m.group(1) == "records":
+        return CliError(f"{record_at(int(m.group(2)))}{m.group(3)}", error.reason)
+    return CliError(f"{delete_at(int(m.group(2)))}.delete", error.reason)
+
+
 @dataclass
 class Chunk:
-    """One batch's worth of input: an ingest payload, and where each record came
+    """One batch's worth of JSONL input: an ingest payload, and where each record came
     from (`records[i]` ↔ `record_at[i]`, `deletes[j]` ↔ `delete_at[j]`)."""
 
     payload: dict[str, Any]
     record_at: list[str]
     delete_at: list[str]
 
+    def __len__(self) -> int:
+        return len(self.record_at) + len(self.delete_at)
+
+    def check(self, app: Brainy) -> None:
+        validate(self.payload, app.settings, app.schema)
+
+    def ingest(self, app: Brainy) -> IngestOutcome:
+        return app.ingest(self.payload)
+
     def locate(self, error: BrainyError) -> CliError:
-        """The error with `records[3].vector` replaced by the file and line it came from."""
-        m = re.match(r"^(records|deletes)\[(\d+)\](.*)$", error.field)
-        if m is None:
-            return CliError(error.field, error.reason)
-        where = self.record_at if m.group(1) == "records" else self.delete_at
-        suffix = m.group(3) if m.group(1) == "records" else ".delete"
-        return CliError(f"{where[int(m.group(2))]}{suffix}", error.reason)
+        return _relocate(error, self.record_at.__getitem__, self.delete_at.__getitem__)
+
+
+@dataclass
+class MatrixChunk:
+    """One batch's worth of a .npy file: rows `first`... of it, and their ids. The
+    vectors stay a slice of the (memory-mapped) matrix: never a list per row."""
+
+    collection: str
+    name: str
+    first: int
+    ids: Sequence[str]
+    vectors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def check(self, app: Brainy) -> None:
+        validate_vectors(self.collection, self.ids, self.vectors, app.settings, app.schema)
+
+    def ingest(self, app: Brainy) -> IngestOutcome:
+        return app.ingest_vectors(self.collection, self.ids, self.vectors)
+
+    def locate(self, error: BrainyError) -> CliError:
+        return _relocate(error, lambda i: f"{self.name}[{self.first + i}]", str)
+
+
+class BatchCuts:
+    """Where input is cut into batches: after `size` records, and early where an id
+    repeats, so that a later line (an update, or a delete) applies after the earlier
+    one, as it does in the file: records of one batch carry no order among themselves."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.seen: set[Any] = set()
+
+    def starts_batch(self, rid: Any, where: str | int) -> bool:
+        """Whether the record with id `rid` (at `where`) starts a new batch."""
+        hashable = isinstance(rid, str)
+        cut = len(self.seen) >= self.size or (hashable and rid in self.seen)
+        if cut:
+            self.seen = set()
+        self.seen.add(rid if hashable else (where,))
+        return cut
 
 
 def _read_jsonl(path: Path, collection: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -416,7 +474,33 @@ def _read_jsonl(path: Path, collection: str) -> Iterator[tuple[str, dict[str, An
             yield where, item
 
 
-def _read_npy(path: Path, ids_path: Path | None) -> Iterator[tuple[str, dict[str, Any]]]:
+def _jsonl_chunks(path: Path, collection: str, batch_size: int) -> Iterator[Chunk]:
+    def empty() -> Chunk:
+        return Chunk({"collection": collection, "records": [], "deletes": []}, [], [])
+
+    chunk, cuts = empty(), BatchCuts(batch_size)
+    for where, item in _read_jsonl(path, collection):
+        is_delete = "delete" in item
+        rid = item["delete"] if is_delete else item.get("id")
+        if cuts.starts_batch(rid, where):
+            yield chunk
+            chunk = empty()
+        if is_delete:
+            if len(item) > 1:
+                extra = sorted(set(item) - {"delete"})[0]
+                raise CliError(f"{where}.{extra}", "a delete line holds only 'delete'")
+            chunk.payload["deletes"].append(rid)
+            chunk.delete_at.append(where)
+        else:
+            chunk.payload["records"].append(item)
+            chunk.record_at.append(where)
+    if len(chunk):
+        yield chunk
+
+
+def _npy_chunks(
+    path: Path, collection: str, batch_size: int, ids_path: Path | None
+) -> Iterator[MatrixChunk]:
     try:
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -425,14 +509,18 @@ def _read_npy(path: Path, ids_path: Path | None) -> Iterator[tuple[str, dict[str
         raise CliError(
             path.name, f"expected a 2-D array (one vector a row), got shape {matrix.shape}"
         )
-    if ids_path is None:
-        ids = [f"row-{i}" for i in range(len(matrix))]
-    else:
-        ids = _read_text(ids_path).splitlines()
-        if len(ids) != len(matrix):
-            raise CliError("--ids", f"{len(ids)} ids for {len(matrix)} rows of {path.name}")
-    for i, rid in enumerate(ids):
-        yield f"{path.name}[{i}]", {"id": rid, "vector": matrix[i].tolist()}
+    n = len(matrix)
+    ids = None if ids_path is None else _read_text(ids_path).splitlines()
+    bounds = list(range(0, n, batch_size))
+    if ids is not None:
+        if len(ids) != n:
+            raise CliError("--ids", f"{len(ids)} ids for {n} rows of {path.name}")
+        if len(set(ids)) != n:
+            cuts = BatchCuts(batch_size)
+            bounds = [0, *(i for i, rid in enumerate(ids) if cuts.starts_batch(rid, i))]
+    for lo, hi in zip(bounds, [*bounds[1:], n], strict=True):
+        chunk_ids = [f"row-{i}" for i in range(lo, hi)] if ids is None else ids[lo:hi]
+        yield MatrixChunk(collection, path.name, lo, chunk_ids, matrix[lo:hi])
 
 
 def _read_text(path: Path) -> str:
@@ -444,50 +532,23 @@ def _read_text(path: Path) -> str:
 
 def read_chunks(
     path: Path, collection: str, batch_size: int, ids_path: Path | None = None
-) -> Iterator[Chunk]:
-    """The input file as ingest payloads of at most `batch_size` records, in file order.
-
-    A batch starts early where an id repeats, so that a later line (an update, or a
-    delete) applies after the earlier one, as it does in the file: records of one
-    batch carry no order among themselves.
-    """
+) -> Iterator[Chunk | MatrixChunk]:
+    """The input file as batches of at most `batch_size` records, in file order
+    (see `BatchCuts`)."""
     if not path.is_file():
         raise CliError(str(path), "no such file")
     if path.suffix == ".npy":
-        items = _read_npy(path, ids_path)
-    elif ids_path is not None:
+        return _npy_chunks(path, collection, batch_size, ids_path)
+    if ids_path is not None:
         raise CliError("--ids", "only for a .npy file")
-    else:
-        items = _read_jsonl(path, collection)
-    chunk = Chunk({"collection": collection, "records": [], "deletes": []}, [], [])
-    seen: set[Any] = set()
-    for where, item in items:
-        is_delete = "delete" in item
-        rid = item["delete"] if is_delete else item.get("id")
-        hashable = isinstance(rid, str)
-        if len(seen) >= batch_size or (hashable and rid in seen):
-            yield chunk
-            chunk = Chunk({"collection": collection, "records": [], "deletes": []}, [], [])
-            seen = set()
-        seen.add(rid if hashable else (where,))
-        if is_delete:
-            if len(item) > 1:
-                extra = sorted(set(item) - {"delete"})[0]
-                raise CliError(f"{where}.{extra}", "a delete line holds only 'delete'")
-            chunk.payload["deletes"].append(rid)
-            chunk.delete_at.append(where)
-        else:
-            chunk.payload["records"].append(item)
-            chunk.record_at.append(where)
-    if seen:
-        yield chunk
+    return _jsonl_chunks(path, collection, batch_size)
 
 
 def _run_ingest(args: argparse.Namespace, session: Session) -> int:
     app = session.app
     app.require_schema(args.collection)
 
-    def chunks() -> Iterator[Chunk]:
+    def chunks() -> Iterator[Chunk | MatrixChunk]:
         return read_chunks(args.file, args.collection, args.batch_size, args.ids)
 
     # Check the whole file first with the ingest function's own validation, so a
@@ -495,10 +556,10 @@ def _run_ingest(args: argparse.Namespace, session: Session) -> int:
     checked = 0
     for chunk in chunks():
         try:
-            validate(chunk.payload, app.settings, app.schema)
+            chunk.check(app)
         except BrainyError as e:
             raise chunk.locate(e) from None
-        checked += len(chunk.record_at) + len(chunk.delete_at)
+        checked += len(chunk)
     if not checked:
         raise CliError(str(args.file), "holds no records")
     _progress(f"checked {checked:,} lines of {args.file.name}")
@@ -509,7 +570,7 @@ def _run_ingest(args: argparse.Namespace, session: Session) -> int:
     for chunk in chunks():
         t0 = time.perf_counter()
         try:
-            outcome = app.ingest(chunk.payload)
+            outcome = chunk.ingest(app)
         except BrainyError as e:
             raise chunk.locate(e) from None
         t1 = time.perf_counter()

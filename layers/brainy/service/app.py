@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,12 @@ from brainy.write.events import ObjectCreated
 from brainy.write.indexer import Indexer, IndexResult
 from brainy.write.ingest import (
     IngestOutcome,
+    ValidRequest,
     check_idempotency_key,
     check_vector,
     embed_text,
     validate,
+    validate_vectors,
     write_batch,
 )
 
@@ -175,11 +177,28 @@ class Brainy:
     def ingest(
         self, payload: Mapping[str, Any], idempotency_key: str | None = None
     ) -> IngestOutcome:
-        if self.settings.read_only:
-            raise Forbidden("mode", "this instance is read-only: ingest is refused")
-        started = time.perf_counter()
+        """Validate a request (`POST /ingest`'s body) and make it one durable batch."""
+        started = self._start_ingest()
         key = check_idempotency_key(idempotency_key)
         request = validate(payload, self.settings, self.schema)
+        return self._write(request, key, started)
+
+    def ingest_vectors(
+        self, collection: str, ids: Sequence[str], vectors: np.ndarray
+    ) -> IngestOutcome:
+        """Upserts given as columns (ids, and a matrix with a vector a row), as
+        `brainy ingest X.npy` reads them: one batch, checked as `ingest` checks the
+        same records, without their vectors ever becoming Python lists."""
+        started = self._start_ingest()
+        request = validate_vectors(collection, ids, vectors, self.settings, self.schema)
+        return self._write(request, None, started)
+
+    def _start_ingest(self) -> float:
+        if self.settings.read_only:
+            raise Forbidden("mode", "this instance is read-only: ingest is refused")
+        return time.perf_counter()
+
+    def _write(self, request: ValidRequest, key: str | None, started: float) -> IngestOutcome:
         self._require_clock()
         outcome = write_batch(self.store, request, self.writer_id, self.clock, key)
         self.metrics.ingest_seconds.observe(time.perf_counter() - started)

@@ -7,8 +7,10 @@ request finds its batch already there and gets the same answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,12 +88,15 @@ def parse_body(body: bytes, content_type: str, collection_param: str | None) -> 
     return {"collection": collection, "records": records, "deletes": deletes}
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def _check_id(value: Any, field: str, max_len: int) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidInput(field, f"expected a non-empty string, got {value!r}")
-    if len(value.encode()) > max_len:
+    if len(value) * 4 > max_len and len(value.encode()) > max_len:
         raise InvalidInput(field, f"longer than {max_len} bytes")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if _CONTROL.search(value):
         raise InvalidInput(field, "contains control characters")
     return value
 
@@ -117,12 +122,66 @@ def check_vector(value: Any, field: str, schema: CollectionSchema) -> np.ndarray
     bad = np.flatnonzero(~np.isfinite(vec))
     if bad.size:
         raise InvalidInput(f"{field}[{int(bad[0])}]", "NaN and Infinity are not allowed")
-    vec = vec.astype(np.float32)
+    with np.errstate(over="ignore"):
+        vec = vec.astype(np.float32)
     if not np.all(np.isfinite(vec)):
         raise InvalidInput(field, "a value overflows float32")
     if schema.metric == "angular" and not np.any(vec):
         raise InvalidInput(field, "a zero vector has no direction (metric angular)")
     return vec
+
+
+def check_matrix(
+    matrix: np.ndarray, field: Callable[[int], str], schema: CollectionSchema
+) -> np.ndarray:
+    """The rows of `matrix` as float32 vectors, checked as `check_vector` checks one,
+    in one vectorised pass; `field(i)` names row i in errors.
+
+    Raises:
+        InvalidInput: `check_vector`'s error for the first bad row.
+    """
+    dim = schema.dimension
+    if matrix.ndim != 2 or matrix.shape[1] != dim or matrix.dtype.kind not in "iuf":
+        if matrix.ndim == 2 and len(matrix):
+            check_vector(matrix[0].tolist(), field(0), schema)
+        raise InvalidInput(field(0), f"expected rows of {dim} numbers, got {matrix.dtype}")
+    with np.errstate(over="ignore"):
+        vectors = matrix.astype(np.float32, copy=False)
+    # A NaN or an infinity (given, or a float32 overflow) makes a row's squared norm
+    # non-finite, a zero vector makes it 0: one product finds every suspect row, and
+    # only suspects are checked one by one (a huge or tiny but valid row passes).
+    squares = np.einsum("ij,ij->i", vectors, vectors)
+    with np.errstate(over="ignore"):
+        suspect = ~np.isfinite(squares)
+        if schema.metric == "angular":
+            suspect |= squares == 0
+    for row in np.flatnonzero(suspect).tolist():
+        check_vector(matrix[row].tolist(), field(row), schema)
+    return vectors
+
+
+def check_vectors(
+    values: Sequence[Any], field: Callable[[int], str], schema: CollectionSchema
+) -> np.ndarray:
+    """Vectors given as JSON lists, converted to one float32 matrix at once and
+    checked by `check_matrix`; `field(i)` names `values[i]` in errors."""
+    if not values:
+        return np.zeros((0, schema.dimension), dtype=np.float32)
+    matrix = None
+    # A list of lists of numbers converts in one call. A vector of booleans would
+    # convert too (to 0 and 1) where another row holds a float: one starting with a
+    # boolean is left to `check_vector`, as is anything that is not a list.
+    if all(type(v) is list and v and type(v[0]) is not bool for v in values):
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
+            matrix = np.array(values)
+    if (
+        matrix is None
+        or matrix.shape != (len(values), schema.dimension)
+        or matrix.dtype.kind not in "iuf"
+    ):
+        # Only a bad request is walked row by row, to name the offending vector.
+        return np.stack([check_vector(v, field(i), schema) for i, v in enumerate(values)])
+    return check_matrix(matrix, field, schema)
 
 
 def embed_text(schema: CollectionSchema, text: Any, field: str) -> np.ndarray:
@@ -146,22 +205,49 @@ class ValidRequest:
     metadata: list[dict | None]
     request_hash: str
 
+    @classmethod
+    def of(
+        cls,
+        schema: CollectionSchema,
+        ids: list[str],
+        ops: list[str],
+        vectors: np.ndarray,
+        metadata: list[dict | None],
+    ) -> ValidRequest:
+        """A checked request, with the hash that tells a retry of it from another."""
+        digest = xxhash.xxh3_128()
+        digest.update(json.dumps([schema.name, ids, ops, metadata], sort_keys=True).encode())
+        digest.update(np.ascontiguousarray(vectors, dtype=np.float32))
+        return cls(schema, ids, ops, vectors, metadata, digest.hexdigest())
+
+
+def _collection_schema(
+    name: Any, schema_of: Callable[[str], CollectionSchema | None]
+) -> CollectionSchema:
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("collection", "required: the name of a collection")
+    schema = schema_of(name)
+    if schema is None:
+        raise UnknownCollection(name)
+    return schema
+
+
+def _check_count(count: int, settings: Settings) -> None:
+    if count > settings.max_records:
+        raise PayloadTooLarge("records", f"{count} records; at most {settings.max_records}")
+
 
 def validate(
     payload: Mapping[str, Any],
     settings: Settings,
     schema_of: Callable[[str], CollectionSchema | None],
 ) -> ValidRequest:
-    """Check every field of a request; raises `BrainyError` naming the first bad one."""
+    """Check every field of a request; raises `BrainyError` naming the first bad one
+    (in record order: a record's id, then its vector or text, then its metadata)."""
     unknown = sorted(set(payload) - _REQUEST_FIELDS)
     if unknown:
         raise InvalidInput(unknown[0], f"unknown field (expected {sorted(_REQUEST_FIELDS)})")
-    name = payload.get("collection")
-    if not isinstance(name, str) or not name:
-        raise InvalidInput("collection", "required: the name of a collection")
-    schema = schema_of(name)
-    if schema is None:
-        raise UnknownCollection(name)
+    schema = _collection_schema(payload.get("collection"), schema_of)
     records = payload.get("records", [])
     deletes = payload.get("deletes", [])
     if not isinstance(records, list):
@@ -170,66 +256,99 @@ def validate(
         raise InvalidInput("deletes", "expected a list of ids")
     if not records and not deletes:
         raise InvalidInput("records", "nothing to ingest: give records or deletes")
-    if len(records) + len(deletes) > settings.max_records:
-        raise PayloadTooLarge(
-            "records", f"{len(records) + len(deletes)} records; at most {settings.max_records}"
-        )
+    _check_count(len(records) + len(deletes), settings)
 
     ids: list[str] = []
-    ops: list[str] = []
     metadata: list[dict | None] = []
-    vectors: list[np.ndarray | None] = []
+    given: list[Any] = []  # the vectors given, converted and checked together below
+    given_at: list[int] = []  # the record each came from
     texts: list[tuple[int, str, str]] = []
-    for i, rec in enumerate(records):
-        where = f"records[{i}]"
-        if not isinstance(rec, dict):
-            raise InvalidInput(where, "expected an object with id and vector or text")
-        extra = sorted(set(rec) - _RECORD_FIELDS)
-        if extra:
-            raise InvalidInput(
-                f"{where}.{extra[0]}", f"unknown field (expected {sorted(_RECORD_FIELDS)})"
-            )
-        rid = _check_id(rec.get("id"), f"{where}.id", settings.max_id_length)
-        has_vector, has_text = rec.get("vector") is not None, rec.get("text") is not None
-        if has_vector == has_text:
-            raise InvalidInput(where, "give exactly one of vector or text")
-        if has_vector:
-            vectors.append(check_vector(rec["vector"], f"{where}.vector", schema))
-        else:
-            texts.append((len(vectors), f"{where}.text", rec["text"]))
-            vectors.append(None)
-        meta = rec.get("metadata")
-        if meta is not None:
-            if not isinstance(meta, dict):
-                raise InvalidInput(f"{where}.metadata", "expected a JSON object")
-            size = len(json.dumps(meta, separators=(",", ":")).encode())
-            if size > settings.max_metadata_size:
-                raise InvalidInput(
-                    f"{where}.metadata", f"{size} bytes; at most {settings.max_metadata_size}"
-                )
-        ids.append(rid)
-        ops.append(UPSERT)
-        metadata.append(meta)
+
+    def vector_field(j: int) -> str:
+        return f"records[{given_at[j]}].vector"
+
+    try:
+        for i, rec in enumerate(records):
+            ids.append(_check_record(rec, f"records[{i}]", settings))
+            if rec.get("vector") is not None:
+                given.append(rec["vector"])
+                given_at.append(i)
+            else:
+                texts.append((i, f"records[{i}].text", rec["text"]))
+            metadata.append(_check_metadata(rec.get("metadata"), f"records[{i}]", settings))
+    except InvalidInput:
+        # A bad vector in an earlier record (or this one) is the first error.
+        check_vectors(given, vector_field, schema)
+        raise
+    checked = check_vectors(given, vector_field, schema)
     upserted = set(ids)
     for i, rid in enumerate(deletes):
         rid = _check_id(rid, f"deletes[{i}]", settings.max_id_length)
         if rid in upserted:
             raise InvalidInput(f"deletes[{i}]", f"id {rid!r} is also upserted in this request")
         ids.append(rid)
-        ops.append(DELETE)
         metadata.append(None)
 
-    for slot, field, text in texts:
-        vectors[slot] = embed_text(schema, text, field)
-    matrix = (
-        np.stack(vectors).astype(np.float32)  # type: ignore[arg-type]
-        if vectors
-        else np.zeros((0, schema.dimension), dtype=np.float32)
-    )
-    digest = xxhash.xxh3_128()
-    digest.update(json.dumps([name, ids, ops, metadata], sort_keys=True).encode())
-    digest.update(matrix.tobytes())
-    return ValidRequest(schema, ids, ops, matrix, metadata, digest.hexdigest())
+    if texts:
+        matrix = np.empty((len(records), schema.dimension), dtype=np.float32)
+        matrix[given_at] = checked
+        for slot, field, text in texts:
+            matrix[slot] = embed_text(schema, text, field)
+    else:
+        matrix = checked
+    ops = [UPSERT] * len(records) + [DELETE] * len(deletes)
+    return ValidRequest.of(schema, ids, ops, matrix, metadata)
+
+
+def _check_record(rec: Any, where: str, settings: Settings) -> str:
+    """A record's shape and id (its vector is checked with the others); returns the id."""
+    if not isinstance(rec, dict):
+        raise InvalidInput(where, "expected an object with id and vector or text")
+    extra = sorted(set(rec) - _RECORD_FIELDS)
+    if extra:
+        raise InvalidInput(
+            f"{where}.{extra[0]}", f"unknown field (expected {sorted(_RECORD_FIELDS)})"
+        )
+    rid = _check_id(rec.get("id"), f"{where}.id", settings.max_id_length)
+    if (rec.get("vector") is None) == (rec.get("text") is None):
+        raise InvalidInput(where, "give exactly one of vector or text")
+    return rid
+
+
+def _check_metadata(meta: Any, where: str, settings: Settings) -> dict | None:
+    if meta is not None:
+        if not isinstance(meta, dict):
+            raise InvalidInput(f"{where}.metadata", "expected a JSON object")
+        size = len(json.dumps(meta, separators=(",", ":")).encode())
+        if size > settings.max_metadata_size:
+            raise InvalidInput(
+                f"{where}.metadata", f"{size} bytes; at most {settings.max_metadata_size}"
+            )
+    return meta
+
+
+def validate_vectors(
+    collection: str,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    settings: Settings,
+    schema_of: Callable[[str], CollectionSchema | None],
+) -> ValidRequest:
+    """Upserts without metadata given as columns, as `brainy ingest X.npy` reads
+    them: ids, and a matrix with a vector a row (any numeric dtype). Checked as
+    `validate` checks the same records, naming `records[i].id` / `.vector`, with
+    the matrix converted and checked in one vectorised pass."""
+    schema = _collection_schema(collection, schema_of)
+    if not len(ids):
+        raise InvalidInput("records", "nothing to ingest: give records or deletes")
+    if len(ids) != len(vectors):
+        raise InvalidInput("records", f"{len(ids)} ids for {len(vectors)} vectors")
+    _check_count(len(ids), settings)
+    checked = [
+        _check_id(rid, f"records[{i}].id", settings.max_id_length) for i, rid in enumerate(ids)
+    ]
+    matrix = check_matrix(vectors, lambda i: f"records[{i}].vector", schema)
+    return ValidRequest.of(schema, checked, [UPSERT] * len(ids), matrix, [None] * len(ids))
 
 
 def check_idempotency_key(value: str | None) -> str | None:
