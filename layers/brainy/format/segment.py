@@ -121,6 +121,7 @@ def build_segment(
     seed: int,
     workdir: Path,
     calibrate_above: int | None = None,
+    threads: int | None = None,
 ) -> BuiltSegment:
     """Build a segment file in `workdir` (rows or tombstones must be non-empty).
 
@@ -128,6 +129,8 @@ def build_segment(
         calibrate_above: a segment of more rows than this (the collection's exact
             threshold) records in its header how it is searched at each recall
             target (see `calibrate`); None never calibrates.
+        threads: threads building the trees (see `_build_annoy`); None: one a
+            tree, which keeps every core busy, and 1 builds them one after another.
 
     Memory: the index is built in its file (`on_disk_build`) from vectors streamed
     in chunks, so beyond the rows' ids and metadata a build holds about the size
@@ -140,7 +143,7 @@ def build_segment(
         raise ValueError(f"build_segment: {vectors.count} vectors for {n} ids")
     dim = vectors.dimension
     workdir.mkdir(parents=True, exist_ok=True)
-    ann_path = _build_annoy(vectors, metric, n_trees, seed, workdir) if n else None
+    ann_path = _build_annoy(vectors, metric, n_trees, seed, workdir, threads) if n else None
     calibration = None
     if ann_path is not None and calibrate_above is not None and n > calibrate_above:
         calibration = _calibrate(ann_path, n, dim, metric, n_trees, seed)
@@ -221,7 +224,12 @@ def _as_chunks(vectors: np.ndarray | VectorChunks) -> VectorChunks:
 
 
 def _build_annoy(
-    vectors: VectorChunks, metric: str, n_trees: int, seed: int, workdir: Path
+    vectors: VectorChunks,
+    metric: str,
+    n_trees: int,
+    seed: int,
+    workdir: Path,
+    threads: int | None = None,
 ) -> Path:
     """Build the Annoy index of `vectors` in a file of `workdir`.
 
@@ -232,6 +240,12 @@ def _build_annoy(
     Annoy's on-disk node array for every item (the file, mapped shared, sees the
     writes), then `build` adds the trees after them. The trees are exactly those
     adding each item would give (see `_store_norms` for the one field that differs).
+
+    Annoy builds trees in parallel threads (the GIL released), thread `t` drawing
+    its splits from `seed + t` and building every `threads`-th tree: so with a
+    thread per tree, the default, the trees depend on the seed alone, not on the
+    machine's cores, and searches give the same neighbours on every machine. Only
+    the order of the nodes in the file varies from build to build.
     """
     n, dim = vectors.count, vectors.dimension
     fd, ann_name = tempfile.mkstemp(suffix=".ann", dir=workdir)
@@ -247,7 +261,8 @@ def _build_annoy(
         if np.asarray(index.get_item_vector(n - 1), "<f4").tobytes() != last.tobytes():
             raise RuntimeError(f"{ann_path}: Annoy does not see the items written to its file")
         # Few trees for a tiny segment: it is searched exactly anyway.
-        index.build(n_trees if n > 64 else 1, n_jobs=1)
+        trees = n_trees if n > 64 else 1
+        index.build(trees, n_jobs=threads or trees)
         index.unload()
         if metric == "angular":
             _store_norms(ann_path, n, dim)
