@@ -78,7 +78,7 @@ def _rate(rows: int, seconds: float) -> dict[str, float]:
 
 
 def _measure(url: str, env: dict[str, str], npy: Path, rows: int, work: Path) -> dict[str, Any]:
-    env = {**env, **os.environ, "BRAINY_STORE": url}
+    env = {**os.environ, **env, "BRAINY_STORE": url}
     for name in ("ingested", "end2end"):
         _brainy(env, "collection", "create", name, "--dimension", str(DIM))
     out: dict[str, Any] = {}

@@ -13,6 +13,7 @@ import pytest
 
 from brainy.entry.cli import main
 from brainy.entry.demo import DEMO_QUERIES
+from brainy.format.batch import Batch
 from brainy.storage import open_store
 
 
@@ -114,6 +115,94 @@ def test_ingest_npy_with_and_without_ids(brainy, tmp_path: Path) -> None:
     status, out, _ = brainy("search", "--collection", "rows", "--vector", json.dumps(
         vectors[5].tolist()), "-k", "1", "--json")  # fmt: skip
     assert json.loads(out)["results"][0]["id"] == "row-5"
+
+
+def _batches(url: str, collection: str = "docs") -> list[Batch]:
+    """The batches written, in the order they were written."""
+    store = open_store(url)
+    keys = sorted(wal_objects(url, collection))  # batch ids begin with the time they were made
+    return [Batch.decode(store.get(key).data, key) for key in keys]
+
+
+def test_ingest_npy_writes_exactly_its_rows(brainy, url: str, tmp_path: Path) -> None:
+    """Every row once, bit for bit, with its id, in file order; a float64 file is
+    converted to float32 as a JSON request would be."""
+    vectors = np.random.default_rng(3).normal(size=(250, 8))
+    np.save(tmp_path / "v.npy", vectors)  # float64
+    brainy("collection", "create", "docs", "--dimension", "8")
+    status, out, _ = brainy(
+        "ingest", str(tmp_path / "v.npy"), "--collection", "docs", "--batch-size", "100",
+        "--no-index",
+    )  # fmt: skip
+    assert status == 0 and "250 records and 0 deletes" in out and "in 3 batches" in out
+
+    batches = _batches(url)
+    assert [len(b.ids) for b in batches] == [100, 100, 50]
+    assert [rid for b in batches for rid in b.ids] == [f"row-{i}" for i in range(250)]
+    written = np.concatenate([b.vectors for b in batches])
+    assert written.dtype == np.float32
+    assert np.array_equal(written, vectors.astype(np.float32))
+    assert all(m is None for b in batches for m in b.metadata)
+    stamps = np.concatenate([b.timestamps for b in batches])
+    assert (np.diff(stamps) > 0).all()  # later rows are newer
+
+
+def test_ingest_npy_with_a_repeated_id_keeps_the_later_row(brainy, tmp_path: Path) -> None:
+    vectors = np.eye(8, dtype=np.float32)[:4] + 0.01
+    np.save(tmp_path / "v.npy", vectors)
+    (tmp_path / "ids.txt").write_text("a\nb\na\nc\n")
+    brainy("collection", "create", "docs", "--dimension", "8")
+    status, out, _ = brainy(
+        "ingest", str(tmp_path / "v.npy"), "--ids", str(tmp_path / "ids.txt"),
+        "--collection", "docs",
+    )  # fmt: skip
+    assert status == 0 and "in 2 batches" in out  # cut where "a" repeats
+    status, out, _ = brainy(
+        "search", "--collection", "docs", "--vector", json.dumps(vectors[2].tolist()), "-k", "4",
+        "--json",
+    )  # fmt: skip
+    results = json.loads(out)["results"]
+    assert sorted(r["id"] for r in results) == ["a", "b", "c"]
+    assert results[0]["id"] == "a"  # a's vector is row 2's
+
+
+def _bad_npy(kind: str) -> tuple[np.ndarray, str, str]:
+    """A matrix with one bad row, the field the error must name, and its reason."""
+    vectors = np.random.default_rng(1).normal(size=(300, 8)).astype(np.float32)
+    if kind == "nan":
+        vectors[217, 3] = np.nan
+        return vectors, "v.npy[217].vector[3]", "NaN and Infinity are not allowed"
+    if kind == "inf":
+        vectors[250, 0] = -np.inf
+        return vectors, "v.npy[250].vector[0]", "NaN and Infinity are not allowed"
+    if kind == "zero":
+        vectors[5] = 0
+        return vectors, "v.npy[5].vector", "a zero vector has no direction"
+    if kind == "overflow":
+        wide = vectors.astype(np.float64)
+        wide[299, 7] = 1e39
+        return wide, "v.npy[299].vector", "a value overflows float32"
+    if kind == "dimension":
+        return vectors[:, :6], "v.npy[0].vector", "expected 8 numbers"
+    assert kind == "booleans"
+    return vectors > 0, "v.npy[0].vector[0]", "expected a number"
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "zero", "overflow", "dimension", "booleans"])
+def test_a_bad_npy_row_is_named_and_nothing_is_written(
+    brainy, url: str, tmp_path: Path, kind: str
+) -> None:
+    vectors, field, reason = _bad_npy(kind)
+    np.save(tmp_path / "v.npy", vectors)
+    brainy("collection", "create", "docs", "--dimension", "8")
+    # Small batches: the bad row's batch is not the first, and no batch is written.
+    status, _, err = brainy(
+        "ingest", str(tmp_path / "v.npy"), "--collection", "docs", "--batch-size", "50"
+    )
+    assert status == 2
+    assert f"error: {field}: {reason}" in err
+    assert "Traceback" not in err
+    assert wal_objects(url) == []
 
 
 def test_bad_line_names_the_field_and_writes_no_batch(brainy, url: str, tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ class Batch:
 
     @property
     def upserts(self) -> int:
-        return sum(1 for op in self.ops if op == UPSERT)
+        return self.ops.count(UPSERT)
 
     @property
     def deletes(self) -> int:

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +60,9 @@ class IndexResult:
 def last_per_id(batch: Batch) -> list[int]:
     """Indices of the records that win inside one batch: the last one for each id
     (timestamps increase through a batch, so the last is the newest)."""
-    last: dict[str, int] = {}
-    for i, rid in enumerate(batch.ids):
-        last[rid] = i
+    last = dict(zip(batch.ids, range(len(batch.ids)), strict=True))
+    if len(last) == len(batch.ids):  # the usual case: every id once
+        return list(range(len(batch.ids)))
     return sorted(last.values())
 
 
@@ -178,9 +179,10 @@ class Indexer:
         base = known or empty_manifest(schema.name, schema.frozen())
         winners = last_per_id(batch)
         seg_rows, rows = build_batch_segment(batch, winners)
+        every = len(winners) == len(batch.ids)
         change = Change(
-            ids=[batch.ids[i] for i in winners],
-            orders=[(int(batch.timestamps[i]), batch.writer) for i in winners],
+            ids=batch.ids if every else [batch.ids[i] for i in winners],
+            orders=list(zip(batch.timestamps[winners].tolist(), repeat(batch.writer))),
             rows=rows,
         )
         live_index = self.live_index(schema.name)
