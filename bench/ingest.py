@@ -63,18 +63,37 @@ def _matrix(path: Path, rows: int, dim: int = DIM, seed: int = 7) -> Path:
     return path
 
 
-def _brainy(env: dict[str, str], *args: str) -> float:
-    """Run a `brainy` command in-process (its per-batch progress silenced); seconds."""
-    started = time.perf_counter()
-    with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(err):
+class _Timer:
+    """Wall and CPU seconds (every thread of the process) of a block: on a shared
+    machine the CPU time says how much of the wall time was this work's."""
+
+    def __enter__(self) -> _Timer:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+    def rate(self, rows: int) -> dict[str, float]:
+        return {
+            "seconds": round(self.wall, 3),
+            "cpu_seconds": round(self.cpu, 3),
+            "vectors_per_s": round(rows / self.wall),
+        }
+
+
+def _brainy(env: dict[str, str], *args: str) -> _Timer:
+    """Run a `brainy` command in-process (its per-batch progress silenced), timed."""
+    with (
+        _Timer() as timer,
+        contextlib.redirect_stderr(io.StringIO()) as err,
+        contextlib.redirect_stdout(err),
+    ):
         status = cli(list(args), env=env)
     if status != 0:
         raise RuntimeError(f"brainy {' '.join(args)} exited {status}: {err.getvalue()[-2000:]}")
-    return time.perf_counter() - started
-
-
-def _rate(rows: int, seconds: float) -> dict[str, float]:
-    return {"seconds": round(seconds, 3), "vectors_per_s": round(rows / seconds)}
+    return timer
 
 
 def _measure(url: str, env: dict[str, str], npy: Path, rows: int, work: Path) -> dict[str, Any]:
@@ -82,21 +101,21 @@ def _measure(url: str, env: dict[str, str], npy: Path, rows: int, work: Path) ->
     for name in ("ingested", "end2end"):
         _brainy(env, "collection", "create", name, "--dimension", str(DIM))
     out: dict[str, Any] = {}
-    out["ingest"] = _rate(rows, _brainy(env, "ingest", str(npy), "--collection", "ingested",
-                                       "--no-index"))  # fmt: skip
+    ingest = _brainy(env, "ingest", str(npy), "--collection", "ingested", "--no-index")
+    out["ingest"] = ingest.rate(rows)
 
     indexer = Brainy.from_env("indexer", {**env, "BRAINY_CACHE_DIR": str(work / "indexer")})
     keys = sorted(info.key for info in indexer.store.list("ingested/wal/"))
-    started = time.perf_counter()
-    for key in keys:
-        result = indexer.index_key(key)
-        if result.status != "applied":
-            raise RuntimeError(f"{key}: {result.status} {result.detail}")
-    out["index"] = _rate(rows, time.perf_counter() - started)
+    with _Timer() as timer:
+        for key in keys:
+            result = indexer.index_key(key)
+            if result.status != "applied":
+                raise RuntimeError(f"{key}: {result.status} {result.detail}")
+    out["index"] = timer.rate(rows)
     out["batches"] = len(keys)
     indexer.close()
 
-    out["end_to_end"] = _rate(rows, _brainy(env, "ingest", str(npy), "--collection", "end2end"))
+    out["end_to_end"] = _brainy(env, "ingest", str(npy), "--collection", "end2end").rate(rows)
     return out
 
 
@@ -167,12 +186,12 @@ def build_threads(rows: int, n_trees: int = 16) -> dict[str, Any]:
         )
         out: dict[str, Any] = {"rows": rows, "n_trees": n_trees, "cpus": os.cpu_count()}
         for label, threads in (("one_thread", 1), ("every_core", None)):
-            started = time.perf_counter()
-            built = build_segment(
-                segment_rows, metric="angular", n_trees=n_trees, seed=0, workdir=work,
-                threads=threads,
-            )  # fmt: skip
-            out[label] = _rate(rows, time.perf_counter() - started)
+            with _Timer() as timer:
+                built = build_segment(
+                    segment_rows, metric="angular", n_trees=n_trees, seed=0, workdir=work,
+                    threads=threads,
+                )  # fmt: skip
+            out[label] = timer.rate(rows)
             built.path.unlink()
         return out
     finally:

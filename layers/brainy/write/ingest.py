@@ -344,11 +344,27 @@ def validate_vectors(
     if len(ids) != len(vectors):
         raise InvalidInput("records", f"{len(ids)} ids for {len(vectors)} vectors")
     _check_count(len(ids), settings)
-    checked = [
-        _check_id(rid, f"records[{i}].id", settings.max_id_length) for i, rid in enumerate(ids)
-    ]
+    checked = check_ids(ids, lambda i: f"records[{i}].id", settings.max_id_length)
     matrix = check_matrix(vectors, lambda i: f"records[{i}].vector", schema)
     return ValidRequest.of(schema, checked, [UPSERT] * len(ids), matrix, [None] * len(ids))
+
+
+def check_ids(ids: Sequence[Any], field: Callable[[int], str], max_len: int) -> list[str]:
+    """`ids` checked as `_check_id` checks one, over their concatenation where they
+    are all short strings (the usual case); `field(i)` names `ids[i]` in errors."""
+    ids = list(ids)
+    if not ids:
+        return ids
+    try:
+        joined = "".join(ids)
+    except TypeError:  # not all strings
+        joined = None
+    lengths = list(map(len, ids)) if joined is not None else [0]
+    if joined is None or min(lengths) == 0 or max(lengths) * 4 > max_len or _CONTROL.search(joined):
+        # Only then is each id checked in turn, to name the first bad one.
+        for i, rid in enumerate(ids):
+            _check_id(rid, field(i), max_len)
+    return ids
 
 
 def check_idempotency_key(value: str | None) -> str | None:
