@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from brainy.format.centroids import read_centroids
+from brainy.format.partitioning import auto_partitions
 from brainy.maintenance.compaction import compact
 from brainy.service.app import Brainy
 from brainy.storage import open_store
@@ -42,12 +44,13 @@ def _downloads(store: FaultyStore) -> set[str]:
     return {c.key for c in store.calls if c.op == "download" and "/segments/" in c.key}
 
 
-def _recall(app: Brainy, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+def _recall(app: Brainy, vectors: np.ndarray, queries: np.ndarray, k: int = 10, **extra) -> float:
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     truth = np.argsort(-(queries @ unit.T), axis=1)[:, :k]
     found = 0
     for q, best in zip(queries, truth, strict=True):
-        hits = app.search({"collection": "docs", "vector": q.tolist(), "k": k}).hits
+        payload = {"collection": "docs", "vector": q.tolist(), "k": k, **extra}
+        hits = app.search(payload).hits
         assert len(hits) == k
         found += len(set(best.tolist()) & {int(h.id) for h in hits})
     return found / (k * len(queries))
@@ -117,12 +120,68 @@ def test_recall_on_real_sentence_embeddings_at_the_default_nprobe(tmp_path: Path
     queries = data["query"][:100].astype(np.float32)
     url = f"file://{tmp_path / 'store'}"
     writer = make_app(url, tmp_path)
-    schema = declare(writer, dimension=384, partitions=64, strategy="semantic")
-    assert schema.probes == 24
+    declare(writer, dimension=384, partitions=64, strategy="semantic")
     _index(writer, vectors, batch=15_000)
     assert compact(writer.maintenance, "docs", force=True).status == "compacted"
+    centroids = read_centroids(
+        open_store(url), Manifests(open_store(url), "docs").latest().centroids
+    )
+    probes = centroids.probes_for(0.95)
+    assert probes is not None and probes < 64
     # Background warming off: it would download the other partitions next.
     reader, store = recording_reader(url, tmp_path, BRAINY_BACKGROUND_WARM="false")
     reader.search({"collection": "docs", "vector": queries[0].tolist(), "k": 10})
-    assert len(_downloads(store)) <= schema.probes
+    assert len(_downloads(store)) <= probes
     assert _recall(reader, vectors, queries) >= 0.95
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="needs shared/data/pypi-minilm.npz")
+def test_auto_partitions_and_calibrated_probes_meet_each_recall_target(tmp_path: Path):
+    """`partitions: "auto"` on the shared real embeddings: sized from the collection
+    at the first compaction, and each recall target probes what the centroids'
+    calibration measured for it — fewer partitions for a lower target — and
+    reaches it against exact search on the held-out queries."""
+    data = np.load(DATA)
+    vectors = data["base"].astype(np.float32)
+    queries = data["query"][:100].astype(np.float32)
+    url = f"file://{tmp_path / 'store'}"
+    writer = make_app(url, tmp_path)
+    declare(writer, dimension=384, partitions="auto", strategy="semantic")
+    _index(writer, vectors, batch=15_000)
+    assert compact(writer.maintenance, "docs", force=True).status == "compacted"
+    manifest = Manifests(open_store(url), "docs").latest()
+    centroids = read_centroids(open_store(url), manifest.centroids)
+    assert len(centroids) == auto_partitions(len(vectors))
+    assert {ref.partition for ref in manifest.segments} <= set(range(len(centroids)))
+    reader = make_app(url, tmp_path, role="search")
+    probes = {t: centroids.probes_for(t) for t in (0.9, 0.95, 0.99)}
+    assert probes[0.9] <= probes[0.95] <= probes[0.99]
+    for target in (0.9, 0.95, 0.99):
+        assert _recall(reader, vectors, queries, recall_target=target) >= target
+
+
+def test_auto_partitions_and_calibrated_probes_on_a_generated_set(tmp_path: Path):
+    """The same without the shared data: 64 overlapping clusters in 32 dimensions
+    (neighbours straddle partition boundaries), queries drawn from the same
+    clusters but never ingested. Each target is reached; a lower target
+    searches fewer partitions."""
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((64, 32)).astype(np.float32) * 1.5
+    vectors = _clustered(rng, centres, 20_000)
+    queries = _clustered(rng, centres, 100)
+    url = f"file://{tmp_path / 'store'}"
+    writer = make_app(url, tmp_path)
+    declare(writer, dimension=32, partitions="auto", strategy="semantic")
+    _index(writer, vectors)
+    assert compact(writer.maintenance, "docs", force=True).status == "compacted"
+    manifest = Manifests(open_store(url), "docs").latest()
+    centroids = read_centroids(open_store(url), manifest.centroids)
+    assert len(centroids) == auto_partitions(len(vectors)) == 35
+    probes = {t: centroids.probes_for(t) for t in (0.9, 0.95)}
+    assert probes[0.9] < probes[0.95] < len(centroids)
+    for target in (0.9, 0.95):
+        reader, store = recording_reader(url, tmp_path, BRAINY_BACKGROUND_WARM="false")
+        payload = {"collection": "docs", "vector": queries[0].tolist(), "recall_target": target}
+        reader.search(payload)
+        assert len(_downloads(store)) == probes[target]
+        assert _recall(reader, vectors, queries, recall_target=target) >= target

@@ -12,6 +12,7 @@ and is searched in full."""
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ import numpy as np
 
 from brainy.core.config import CollectionSchema
 from brainy.core.errors import VersionNotVisible
-from brainy.format.centroids import read_centroids
+from brainy.format.centroids import Centroids, read_centroids
 from brainy.format.partitioning import probed_partitions
 from brainy.format.segment import LoadedSegment
 from brainy.read.cache import CachedSegment, SegmentCache
@@ -95,6 +96,34 @@ def plan(
                 return True, None, 0
             return False, int(search_k), int(calibration.get("k", 10))
     return True, None, 0
+
+
+def probes(
+    schema: CollectionSchema,
+    centroids: Centroids,
+    refs: list[SegmentRef],
+    recall_target: float,
+) -> tuple[int, float]:
+    """How a semantic collection is searched at `recall_target`: (partitions to
+    probe, the recall target each probed segment is searched at).
+
+    The two stages multiply: a true neighbour is found if its partition is probed
+    and the segment's search finds it. Partitions small enough to be scanned
+    exactly lose nothing, so the probes alone carry the target; otherwise each
+    stage carries its square root (0.95 → 0.975 each). The probes are those the
+    centroids' calibration measured for that level; an explicit `nprobe`, or
+    centroids without calibration, use `CollectionSchema.probes`; a target above
+    every calibrated level (1.0 included) probes every partition.
+    """
+    partitions = len(centroids)
+    if recall_target >= 1.0:
+        return partitions, recall_target
+    if schema.nprobe is not None or not centroids.calibration:
+        return schema.probes(partitions), recall_target
+    exact = all(ref.count <= schema.exact_threshold for ref in refs if ref.level > 0)
+    level = recall_target if exact else math.sqrt(recall_target)
+    found = centroids.probes_for(level)
+    return (partitions if found is None else found), level
 
 
 def search_segment(
@@ -237,7 +266,7 @@ class Searcher:
         self._pool = ThreadPoolExecutor(query_threads, thread_name_prefix="brainy-query")
         self.vectors_served = 0
         # Centroids objects by key: immutable, so fetched once per process.
-        self._centroids: dict[str, np.ndarray] = {}
+        self._centroids: dict[str, Centroids] = {}
         self._centroids_lock = threading.Lock()
         self._background = (
             BackgroundWarmer(lambda name: self.warm(name, parallel=False))
@@ -246,7 +275,7 @@ class Searcher:
         )
         self.recall = RecallMonitor(recall_sample, on_sample=on_recall_sample)
 
-    def centroids(self, key: str) -> np.ndarray:
+    def centroids(self, key: str) -> Centroids:
         """The centroids object at `key` (one GET per key per process)."""
         found = self._centroids.get(key)
         if found is None:
@@ -300,7 +329,8 @@ class Searcher:
         rest: list[SegmentRef] = []
         if manifest.centroids is not None:
             centroids = self.centroids(manifest.centroids)
-            probed = set(probed_partitions(centroids, query, schema.metric, schema.probes).tolist())
+            nprobe, recall_target = probes(schema, centroids, refs, recall_target)
+            probed = set(probed_partitions(centroids.matrix, query, schema.metric, nprobe).tolist())
             chosen: list[SegmentRef] = []
             for ref in refs:
                 (chosen if ref.level == 0 or ref.partition in probed else rest).append(ref)
