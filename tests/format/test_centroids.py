@@ -17,7 +17,12 @@ from brainy.format.centroids import (
     read_centroids,
     write_centroids,
 )
-from brainy.format.partitioning import nearest_centroids, probed_partitions, train_centroids
+from brainy.format.partitioning import (
+    nearest_centroids,
+    probed_partitions,
+    train_basis,
+    train_centroids,
+)
 from brainy.storage import open_store
 
 
@@ -28,10 +33,13 @@ def _clusters(rng: np.random.Generator, n: int, dim: int, k: int) -> np.ndarray:
 
 def test_round_trip_and_every_flipped_byte_is_refused():
     matrix = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
-    centroids = Centroids(matrix, {"nprobe": {"0.9": 2, "0.95": 3}, "sample": 100})
+    basis = np.random.default_rng(1).standard_normal((3, 2)).astype(np.float32)
+    centroids = Centroids(matrix, {"nprobe": {"0.9": 2, "0.95": 3}, "sample": 100}, basis)
     data = encode_centroids(centroids)
     decoded = decode_centroids(data)
     assert np.array_equal(decoded.matrix, matrix) and decoded.calibration == centroids.calibration
+    assert np.array_equal(decoded.basis, basis)
+    assert decode_centroids(encode_centroids(Centroids(matrix))).basis is None
     for at in range(len(data)):
         broken = bytearray(data)
         broken[at] ^= 0x01
@@ -99,6 +107,18 @@ def test_training_is_seeded_and_rows_go_to_their_nearest_centroid(metric):
     query = rows[0]
     ranked = probed_partitions(centroids, query, metric, 3)
     assert ranked[0] == routed[0] and len(set(ranked.tolist())) == 3
+
+
+def test_basis_holds_the_top_directions_of_the_rows():
+    rng = np.random.default_rng(2)
+    strong = rng.standard_normal((4000, 8)).astype(np.float32) * 10
+    rows = np.concatenate([strong, rng.standard_normal((4000, 120)).astype(np.float32)], axis=1)
+    basis = train_basis(rows, "dot")
+    assert basis.shape == (128, 32) and np.allclose(basis.T @ basis, np.eye(32), atol=1e-4)
+    # The 8 strong coordinates lie (almost) wholly inside the basis's span.
+    inside = np.linalg.norm(basis[:8], axis=1)
+    assert (inside > 0.99).all()
+    assert train_basis(rows[:, :64], "dot") is None  # too few dimensions to pay
 
 
 def test_fewer_distinct_rows_than_partitions_still_trains():

@@ -7,11 +7,16 @@ routed by them, so changing them would mean rewriting every partition).
 
 Encoding: `MAGIC | xxh3-128 of the body | body`, the body being
 `partitions (u32) | dimension (u32) | the matrix as little-endian float32`, then
-(format 2, `BRAINYC2`) a JSON object with the probe calibration measured when the
+(format 2, `BRAINYC2`) `reduced dimension r (u32) | the dimension x r projection
+basis as float32` and a JSON object with the probe calibration measured when the
 centroids were trained: `{"nprobe": {"0.9": 12, "0.95": 20, ...}, "sample": m}`,
 the partitions a query must probe for its true neighbours to lie in them at each
 recall level (see `brainy.format.calibration.calibrate_probes`). Format 1 objects
-(no calibration) are still read.
+(no basis, no calibration) are still read.
+
+The basis (top principal directions of the rows' second moment, see
+`brainy.format.partitioning.train_basis`) lets a search scan a partition in r
+dimensions and re-rank only its best candidates in full (`brainy.read.search`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from brainy.storage import ObjectStore, PreconditionFailed
 MAGIC = b"BRAINYC2"
 _MAGIC_V1 = b"BRAINYC1"
 _HEAD = struct.Struct("<II")
+_REDUCED = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Centroids:
 
     matrix: np.ndarray
     calibration: dict[str, Any] = field(default_factory=dict)
+    basis: np.ndarray | None = None  # dimension x r float32, or None
 
     def __len__(self) -> int:
         return int(self.matrix.shape[0])
@@ -73,8 +80,20 @@ def encode_centroids(centroids: Centroids) -> bytes:
     matrix = np.ascontiguousarray(centroids.matrix, dtype="<f4")
     if matrix.ndim != 2 or not matrix.size:
         raise ValueError(f"centroids must be a non-empty matrix, got shape {matrix.shape}")
+    basis = centroids.basis
+    if basis is None:
+        basis = np.zeros((matrix.shape[1], 0), dtype="<f4")
+    basis = np.ascontiguousarray(basis, dtype="<f4")
+    if basis.ndim != 2 or basis.shape[0] != matrix.shape[1]:
+        raise ValueError(f"basis must be {matrix.shape[1]} x r, got shape {basis.shape}")
     extra = json.dumps(centroids.calibration, separators=(",", ":")).encode()
-    body = _HEAD.pack(*matrix.shape) + matrix.tobytes() + extra
+    body = (
+        _HEAD.pack(*matrix.shape)
+        + matrix.tobytes()
+        + _REDUCED.pack(basis.shape[1])
+        + basis.tobytes()
+        + extra
+    )
     return MAGIC + xxhash.xxh3_128_digest(body) + body
 
 
@@ -93,12 +112,23 @@ def decode_centroids(data: bytes, key: str = "") -> Centroids:
         raise CorruptCentroids(
             f"{key}: {len(body) - _HEAD.size} bytes for {rows} x {dimension} floats"
         )
+    basis = None
+    if magic == MAGIC:
+        if len(extra) < _REDUCED.size:
+            raise CorruptCentroids(f"{key}: truncated after the centroids")
+        (reduced,) = _REDUCED.unpack_from(extra)
+        end = _REDUCED.size + 4 * dimension * reduced
+        if len(extra) < end:
+            raise CorruptCentroids(f"{key}: truncated basis of {dimension} x {reduced}")
+        raw = np.frombuffer(extra[_REDUCED.size : end], dtype="<f4")
+        basis = raw.reshape(dimension, reduced).astype(np.float32) if reduced else None
+        extra = extra[end:]
     try:
         calibration = json.loads(extra) if extra else {}
     except ValueError as e:
         raise CorruptCentroids(f"{key}: bad calibration ({e})") from None
     matrix = np.frombuffer(payload, dtype="<f4").reshape(rows, dimension).astype(np.float32)
-    return Centroids(matrix, calibration)
+    return Centroids(matrix, calibration, basis)
 
 
 def write_centroids(store: ObjectStore, collection: str, centroids: Centroids) -> str:

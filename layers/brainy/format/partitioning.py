@@ -159,3 +159,27 @@ def train_centroids(
         if metric == "angular":
             centres = _unit(centres)
     return centres.astype(np.float32)
+
+
+# A basis is trained for collections of at least this dimension, keeping a
+# quarter of it: on the shared MiniLM vectors (384-d) and on 200k Gaussian draws
+# shaped like them, a scan in 96 dimensions whose best 300 of 200,000 rows are
+# re-ranked in full keeps recall@10 at 0.99 (128 dimensions: 0.99 from the best
+# 100), while reading a quarter of the bytes.
+BASIS_MIN_DIMENSION = 128
+
+
+def train_basis(sample: np.ndarray, metric: str) -> np.ndarray | None:
+    """The top `dimension // 4` eigenvectors of the sample's second moment
+    (uncentred: inner products, not distances from the mean, are what a scan
+    ranks by), as a dimension x r float32 matrix; None below
+    `BASIS_MIN_DIMENSION`. Angular rows are normalised first, as they are scored."""
+    points = np.asarray(sample, dtype=np.float64)
+    dimension = points.shape[1]
+    if dimension < BASIS_MIN_DIMENSION or len(points) < dimension:
+        return None
+    if metric == "angular":
+        points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-30)
+    values, vectors = np.linalg.eigh(points.T @ points)
+    top = np.argsort(-values)[: dimension // 4]
+    return np.ascontiguousarray(vectors[:, top], dtype=np.float32)

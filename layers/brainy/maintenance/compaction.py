@@ -53,6 +53,7 @@ from brainy.format.partitioning import (
     auto_partitions,
     hash_partitions,
     nearest_centroids,
+    train_basis,
     train_centroids,
 )
 from brainy.format.segment import (
@@ -771,8 +772,9 @@ def _routing(ctx: Maintenance, plan: Plan, schema: CollectionSchema, inputs: _In
     order = np.random.default_rng(schema.seed).permutation(len(sample))
     training = sample[np.sort(order[: SAMPLE_PER_PARTITION * k])]
     matrix = train_centroids(training, k, schema.metric, schema.seed)
-    calibration = calibrate_probes(sample, matrix, schema.metric, schema.seed)
-    centroids = Centroids(matrix, calibration)
+    rows = sum(ref.live for ref in plan.base.segments)
+    calibration = calibrate_probes(sample, matrix, schema.metric, schema.seed, rows)
+    centroids = Centroids(matrix, calibration, train_basis(sample, schema.metric))
     written_at = time.time()
     key = write_centroids(ctx.store, schema.name, centroids)
     log.info(
