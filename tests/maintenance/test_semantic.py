@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from brainy.core.config import CollectionSchema, SchemaFrozen
-from brainy.format.centroids import read_centroids, write_centroids
+from brainy.format.centroids import Centroids, read_centroids, write_centroids
 from brainy.format.partitioning import hash_partitions, nearest_centroids
 from brainy.format.segment import load_segment, upload_segment
 from brainy.maintenance.compaction import MIN_TRAINING_ROWS, compact, rebuild_compacted
@@ -84,7 +84,7 @@ def _latest(url: str):
 def _assert_routed(store, manifest, metric: str, tmp_path: Path) -> None:
     """Every segment is compacted, every row sits in the partition of its nearest
     centroid, and every tombstone in the partition of its id's hash."""
-    centroids = read_centroids(store, manifest.centroids)
+    centroids = read_centroids(store, manifest.centroids).matrix
     assert centroids.shape == (PARTITIONS, DIM)
     assert all(ref.level == 1 for ref in manifest.segments)
     for ref in manifest.segments:
@@ -178,7 +178,7 @@ def test_gc_keeps_the_centroids_and_collects_an_orphan(tmp_path):
     url, app, _, _ = _compacted(tmp_path, "gc", 5)
     store = open_store(url)
     key = _latest(url).centroids
-    orphan = write_centroids(store, "docs", np.ones((PARTITIONS, DIM), dtype=np.float32))
+    orphan = write_centroids(store, "docs", Centroids(np.ones((PARTITIONS, DIM), np.float32)))
     settings = replace(app.settings, retention=0.0, gc_grace=0.0, batch_retention=0.0)
     report = collect_garbage(store, "docs", settings, now=_latest(url).created + 10**6)
     assert orphan in report.side and key not in report.deleted

@@ -47,8 +47,15 @@ from typing import Any
 import numpy as np
 
 from brainy.core.config import CollectionSchema, Settings
-from brainy.format.centroids import read_centroids, write_centroids
-from brainy.format.partitioning import hash_partitions, nearest_centroids, train_centroids
+from brainy.format.calibration import calibrate_probes
+from brainy.format.centroids import Centroids, read_centroids, write_centroids
+from brainy.format.partitioning import (
+    auto_partitions,
+    hash_partitions,
+    nearest_centroids,
+    train_basis,
+    train_centroids,
+)
 from brainy.format.segment import (
     BuiltSegment,
     LoadedSegment,
@@ -102,6 +109,7 @@ class Plan:
     level0: tuple[SegmentRef, ...]
     outputs: tuple[OutputPlan, ...]
     floor: int = 0  # tombstones below it are dropped
+    partitions: int = 1  # the collection's partition count ("auto" resolved)
 
     @property
     def inputs(self) -> list[SegmentRef]:
@@ -140,23 +148,32 @@ def plan_compaction(
     *,
     force: bool = False,
     floor: int = 0,
+    partitions: int | None = None,
 ) -> Plan:
     """Choose the work: all level-0 segments once there are `compact_min_segments`
     of them (any, when forced); per partition, the dirty segments (many rows
     masked, or nothing live but tombstones the floor lets go) and, when the
     partition would exceed `max_segments_per_partition`, its smallest segments,
-    merged with the level-0 rows routed to it."""
+    merged with the level-0 rows routed to it.
+
+    Args:
+        partitions: the partition count of a collection whose centroids the
+            manifest names (theirs); otherwise the schema's, `"auto"` sized from
+            the live level-0 rows (see `auto_partitions`).
+    """
     level0 = tuple(s for s in manifest.segments if s.level == 0)
     take_level0 = bool(level0) and (force or len(level0) >= settings.compact_min_segments)
+    if partitions is None:
+        fixed = schema.fixed_partitions
+        partitions = fixed or auto_partitions(sum(s.live for s in level0))
     if take_level0 and schema.strategy == "semantic" and manifest.centroids is None:
-        take_level0 = sum(s.live for s in level0) >= MIN_TRAINING_ROWS * schema.partitions
+        take_level0 = sum(s.live for s in level0) >= MIN_TRAINING_ROWS * partitions
     by_partition: dict[int, list[SegmentRef]] = {}
     for ref in manifest.segments:
         if ref.level > 0:
             by_partition.setdefault(ref.partition or 0, []).append(ref)
     outputs = []
-    partitions = range(schema.partitions) if take_level0 else sorted(by_partition)
-    for p in partitions:
+    for p in range(partitions) if take_level0 else sorted(by_partition):
         segs = by_partition.get(p, [])
         dirty = [s for s in segs if _dirty(s, force, floor)]
         clean = sorted((s for s in segs if s not in dirty), key=lambda s: (s.live, s.id))
@@ -168,7 +185,7 @@ def plan_compaction(
             chosen = {s.id for s in merged}
             ordered = tuple(s for s in manifest.segments if s.id in chosen)
             outputs.append(OutputPlan(p, ordered))
-    return Plan(manifest, level0 if take_level0 else (), tuple(outputs), floor)
+    return Plan(manifest, level0 if take_level0 else (), tuple(outputs), floor, partitions)
 
 
 def _dirty(ref: SegmentRef, force: bool, floor: int) -> bool:
@@ -197,20 +214,26 @@ class _Routing:
     """
 
     schema: CollectionSchema
-    centroids: np.ndarray | None = None
+    centroids: Centroids | None = None
     key: str | None = None
     written_at: float | None = None
+
+    @property
+    def count(self) -> int:
+        if self.centroids is not None:
+            return len(self.centroids)
+        return int(self.schema.fixed_partitions or 1)
 
     def rows(self, ids: Sequence[str], vectors: np.ndarray | None) -> np.ndarray:
         """The partitions of rows with these ids and vectors (hash routing reads
         no vector: None will do)."""
         if self.centroids is None:
-            return hash_partitions(ids, self.schema.partitions, self.schema.seed)
+            return hash_partitions(ids, self.count, self.schema.seed)
         assert vectors is not None, "semantic routing needs the rows' vectors"
-        return nearest_centroids(vectors, self.centroids, self.schema.metric)
+        return nearest_centroids(vectors, self.centroids.matrix, self.schema.metric)
 
     def tombstones(self, ids: Sequence[str]) -> np.ndarray:
-        return hash_partitions(ids, self.schema.partitions, self.schema.seed)
+        return hash_partitions(ids, self.count, self.schema.seed)
 
 
 def _load_routing(store: ObjectStore, schema: CollectionSchema, key: str | None) -> _Routing:
@@ -629,7 +652,12 @@ def compact(
         if base is None:
             report.status = "nothing-to-do"
             return report
-        plan = plan_compaction(base, schema, settings, force=force, floor=floor)
+        partitions = (
+            len(read_centroids(store, base.centroids)) if base.centroids is not None else None
+        )
+        plan = plan_compaction(
+            base, schema, settings, force=force, floor=floor, partitions=partitions
+        )
         # With nothing to merge, the sweep's horizon is still worth a commit when it
         # lets GC collect batches past their retention (or when asked to).
         record = swept > base.swept and (
@@ -736,12 +764,24 @@ def _routing(ctx: Maintenance, plan: Plan, schema: CollectionSchema, inputs: _In
         return _Routing(schema)
     if plan.base.centroids is not None or not plan.level0:
         return _load_routing(ctx.store, schema, plan.base.centroids)
-    k = schema.partitions
-    sample = inputs.sample(plan.level0, ctx.masks, min(SAMPLE_PER_PARTITION * k, SAMPLE_CAP))
-    centroids = train_centroids(sample, k, schema.metric, schema.seed)
+    k = plan.partitions
+    # k-means needs SAMPLE_PER_PARTITION rows a centroid; the probe calibration
+    # more (its estimate is pessimistic by the sample's sparsity): up to SAMPLE_CAP.
+    sample = inputs.sample(plan.level0, ctx.masks, SAMPLE_CAP)
+    # The sample is in input order: train on a seeded random part of it.
+    order = np.random.default_rng(schema.seed).permutation(len(sample))
+    training = sample[np.sort(order[: SAMPLE_PER_PARTITION * k])]
+    matrix = train_centroids(training, k, schema.metric, schema.seed)
+    rows = sum(ref.live for ref in plan.base.segments)
+    calibration = calibrate_probes(sample, matrix, schema.metric, schema.seed, rows)
+    centroids = Centroids(matrix, calibration, train_basis(sample, schema.metric))
     written_at = time.time()
     key = write_centroids(ctx.store, schema.name, centroids)
-    log.info("%s: trained %d centroids on %d rows (%s)", schema.name, k, len(sample), key)
+    log.info(
+        "%s: trained %d centroids on %d rows (%s), probes per recall level %s",
+        schema.name, k, len(training), key,
+        calibration.get("nprobe"),
+    )  # fmt: skip
     return _Routing(schema, centroids, key, written_at)
 
 
