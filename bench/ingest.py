@@ -16,7 +16,7 @@ collection (angular, one hash partition, the default 16 trees):
   another fresh collection: vectors/s.
 
 Also `build_segment` on `--build-rows` vectors (default 100,000): vectors/s with
-one thread and with the default (a thread a tree), which is what index builds
+one thread and with the default (a thread a core), which is what index builds
 gain from every core.
 
 `run(rows, store)` measures one store ("file", "s3", or a store URL) and returns
@@ -173,7 +173,7 @@ def _environ(extra: dict[str, str]):  # type: ignore[no-untyped-def]
 
 def build_threads(rows: int, n_trees: int = 16) -> dict[str, Any]:
     """`build_segment` vectors/s on `rows` × 384 vectors, one thread against the
-    default (a thread a tree)."""
+    default (a thread a core)."""
     work = Path(tempfile.mkdtemp(prefix="brainy-bench-build-"))
     try:
         vectors = np.random.default_rng(3).standard_normal((rows, DIM), np.float32)

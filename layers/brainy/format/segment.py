@@ -130,7 +130,7 @@ def build_segment(
             threshold) records in its header how it is searched at each recall
             target (see `calibrate`); None never calibrates.
         threads: threads building the trees (see `_build_annoy`); None: one a
-            tree, which keeps every core busy, and 1 builds them one after another.
+            core this process may run on (at most one a tree).
 
     Memory: the index is built in its file (`on_disk_build`) from vectors streamed
     in chunks, so beyond the rows' ids and metadata a build holds about the size
@@ -242,10 +242,12 @@ def _build_annoy(
     adding each item would give (see `_store_norms` for the one field that differs).
 
     Annoy builds trees in parallel threads (the GIL released), thread `t` drawing
-    its splits from `seed + t` and building every `threads`-th tree: so with a
-    thread per tree, the default, the trees depend on the seed alone, not on the
-    machine's cores, and searches give the same neighbours on every machine. Only
-    the order of the nodes in the file varies from build to build.
+    its splits from `seed + t`: the same rows, seed and thread count give the same
+    trees (and the same neighbours) on any machine, only the order of the nodes in
+    the file varies from build to build; another thread count gives other trees,
+    as good. A thread a core rather than a thread a tree: each thread holds ~27
+    bytes a row while it builds (its items' numbers and pointers), a sixth of the
+    raw vectors' bytes (384-d) with 16 threads, 4% with 2.
     """
     n, dim = vectors.count, vectors.dimension
     fd, ann_name = tempfile.mkstemp(suffix=".ann", dir=workdir)
@@ -262,7 +264,7 @@ def _build_annoy(
             raise RuntimeError(f"{ann_path}: Annoy does not see the items written to its file")
         # Few trees for a tiny segment: it is searched exactly anyway.
         trees = n_trees if n > 64 else 1
-        index.build(trees, n_jobs=threads or trees)
+        index.build(trees, n_jobs=min(trees, threads or len(os.sched_getaffinity(0))))
         index.unload()
         if metric == "angular":
             _store_norms(ann_path, n, dim)
