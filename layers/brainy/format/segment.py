@@ -243,11 +243,13 @@ def _build_annoy(
 
     Annoy builds trees in parallel threads (the GIL released), thread `t` drawing
     its splits from `seed + t`: the same rows, seed and thread count give the same
-    trees (and the same neighbours) on any machine, only the order of the nodes in
-    the file varies from build to build; another thread count gives other trees,
-    as good. A thread a core rather than a thread a tree: each thread holds ~27
-    bytes a row while it builds (its items' numbers and pointers), a sixth of the
-    raw vectors' bytes (384-d) with 16 threads, 4% with 2.
+    trees, but their nodes are numbered in the order the threads allocate them,
+    and a search breaks ties between equally promising nodes by number, so where
+    `search_k` cuts it off two builds may return slightly different neighbours
+    (and a calibration may differ by one doubling). One thread (`threads=1`) builds
+    the index byte for byte as `add_item` and `build` would. A thread a core rather
+    than a thread a tree: each thread holds ~27 bytes a row while it builds (its
+    items' numbers and pointers), a sixth of the raw bytes (384-d) with 16 threads.
     """
     n, dim = vectors.count, vectors.dimension
     fd, ann_name = tempfile.mkstemp(suffix=".ann", dir=workdir)
