@@ -201,3 +201,20 @@ def test_a_threaded_build_reaches_its_recall_on_clustered_vectors(tmp_path):
         [len(set(f) & set(e)) / 10 for f, e in zip(found, exact.tolist(), strict=True)]
     )
     assert recall >= 0.9, recall
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_index_rows_read_what_the_mapped_index_holds(tmp_path, monkeypatch, metric):
+    """What the calibration scans (read, not mapped a second time) is the index's rows."""
+    n = 300
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    built = build_segment(_rows(n, vectors), metric=metric, n_trees=2, seed=0, workdir=tmp_path)
+    store = open_store("memory://index-rows")
+    loaded = load_segment(store, upload_segment(store, "c", built), built.id, tmp_path / "c")
+    monkeypatch.setattr(seg, "CHUNK_BYTES", 2000)  # several reads
+    rows = seg.IndexRows(loaded.ann_path, metric, n, DIM)
+    assert rows.shape == (n, DIM) and len(rows) == n
+    picked = np.sort(rng.choice(n, 50))  # with repeats, as the calibration samples
+    for index in (slice(None), slice(0, 7), slice(250, 400), picked, picked[:0]):
+        assert np.array_equal(rows[index], loaded.vectors[index])
