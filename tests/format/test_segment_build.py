@@ -143,6 +143,8 @@ def test_a_stream_of_the_wrong_length_is_refused(tmp_path):
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_read_vectors_reads_any_rows_a_chunk_at_a_time(tmp_path, monkeypatch, metric):
+    """The vectors of any increasing rows of an index, by plain reads: as a stream
+    for a build, and as the rows of a matrix for the calibration (`IndexRows`)."""
     n = 300
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((n, DIM)).astype(np.float32)
@@ -157,6 +159,12 @@ def test_read_vectors_reads_any_rows_a_chunk_at_a_time(tmp_path, monkeypatch, me
         assert len(chunks) > 1 or len(rows) == 1  # several reads of a small buffer
         assert (np.concatenate(chunks) == vectors[rows]).all()
     assert not list(read_vectors(loaded.ann_path, metric, DIM, np.zeros(0, int)).chunks)
+    # What the calibration scans (read, not mapped a second time) is the same.
+    rows = seg.IndexRows(loaded.ann_path, metric, n, DIM)
+    assert rows.shape == (n, DIM) and len(rows) == n
+    picked = np.sort(rng.choice(n, 50))  # with repeats, as the calibration samples
+    for index in (slice(None), slice(0, 7), slice(250, 400), picked, picked[:0]):
+        assert np.array_equal(rows[index], loaded.vectors[index])
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -201,20 +209,3 @@ def test_a_threaded_build_reaches_its_recall_on_clustered_vectors(tmp_path):
         [len(set(f) & set(e)) / 10 for f, e in zip(found, exact.tolist(), strict=True)]
     )
     assert recall >= 0.9, recall
-
-
-@pytest.mark.parametrize("metric", METRICS)
-def test_index_rows_read_what_the_mapped_index_holds(tmp_path, monkeypatch, metric):
-    """What the calibration scans (read, not mapped a second time) is the index's rows."""
-    n = 300
-    rng = np.random.default_rng(4)
-    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
-    built = build_segment(_rows(n, vectors), metric=metric, n_trees=2, seed=0, workdir=tmp_path)
-    store = open_store("memory://index-rows")
-    loaded = load_segment(store, upload_segment(store, "c", built), built.id, tmp_path / "c")
-    monkeypatch.setattr(seg, "CHUNK_BYTES", 2000)  # several reads
-    rows = seg.IndexRows(loaded.ann_path, metric, n, DIM)
-    assert rows.shape == (n, DIM) and len(rows) == n
-    picked = np.sort(rng.choice(n, 50))  # with repeats, as the calibration samples
-    for index in (slice(None), slice(0, 7), slice(250, 400), picked, picked[:0]):
-        assert np.array_equal(rows[index], loaded.vectors[index])
