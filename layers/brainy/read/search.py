@@ -70,6 +70,12 @@ def scores(metric: str, vectors: np.ndarray, query: np.ndarray, norms: np.ndarra
 DEFAULT_RECALL_TARGET = 0.95
 
 
+def best_of(found: list[Scored], k: int) -> list[Scored]:
+    """The best `k` hits, highest score first, ties by id (the same order on
+    every instance)."""
+    return heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
+
+
 def plan(
     calibration: Mapping[str, Any] | None, recall_target: float
 ) -> tuple[bool, int | None, int]:
@@ -308,6 +314,7 @@ class Searcher:
         self.masks = Masks(store)
         self._views: dict[str, ManifestView] = {}
         self._views_lock = threading.Lock()
+        self._threads = query_threads
         self._pool = ThreadPoolExecutor(query_threads, thread_name_prefix="brainy-query")
         self.vectors_served = 0
         # Centroids objects by key: immutable, so fetched once per process.
@@ -389,7 +396,7 @@ class Searcher:
             # The next query may probe other partitions: fetch them now, behind
             # this answer, rather than in front of that one.
             self._background.request(schema.name, manifest.version)
-        best = heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
+        best = best_of(found, k)
         hits = [Hit(rid, score, metadata) for score, rid, metadata in best]
         self.vectors_served += len(hits)
         if self.recall.wanted() and self._local(manifest):
@@ -430,7 +437,7 @@ class Searcher:
                 (seg,) = self.cache.get_many([ref])
                 blocked = self.masks.blocked(ref)
                 found += search_segment(seg, blocked, schema, query, k, filters, 1.0)
-        best = heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
+        best = best_of(found, k)
         return [rid for _, rid, _ in best]
 
     def warm(self, collection: str, *, parallel: bool = True) -> WarmReport:
@@ -479,21 +486,29 @@ class Searcher:
         recall_target: float,
         basis: np.ndarray | None = None,
     ) -> list[Scored]:
-        """The best `k` of each segment, in parallel, downloading those not cached."""
+        """The best `k` of each segment, in parallel, downloading those not cached.
+
+        The segments are dealt to at most `query_threads` tasks, each searching its
+        share one after another and keeping its best `k`: a semantic search probes
+        tens to hundreds of partitions, and a task (a future, a wake-up, a merge)
+        per segment would cost as much as a small partition's scan.
+        """
         segments = self.cache.get_many(refs)
-        parts = self._pool.map(
-            lambda pair: search_segment(
-                pair[0],
-                self.masks.blocked(pair[1]),
-                schema,
-                query,
-                k,
-                filters,
-                recall_target,
-                basis,
-            ),
-            zip(segments, refs, strict=True),
-        )
+        pairs = list(zip(segments, refs, strict=True))
+        tasks = max(1, min(self._threads, len(pairs)))
+
+        def run(share: list[tuple[CachedSegment, SegmentRef]]) -> list[Scored]:
+            found: list[Scored] = []
+            for seg, ref in share:
+                blocked = self.masks.blocked(ref)
+                found += search_segment(
+                    seg, blocked, schema, query, k, filters, recall_target, basis
+                )
+            return best_of(found, k)
+
+        if tasks == 1:
+            return run(pairs)
+        parts = self._pool.map(run, [pairs[i::tasks] for i in range(tasks)])
         return [item for part in parts for item in part]
 
     def close(self) -> None:
