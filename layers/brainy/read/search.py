@@ -164,7 +164,11 @@ def search_segment(
         or (allowed is not None and allowed.size <= schema.exact_threshold)
     ):
         if basis is not None and allowed is None and recall_target < 1.0 and n > REDUCED_MIN_ROWS:
-            return _reduced(seg, schema.metric, query, k, blocked, basis, recall_target)
+            reduced = seg.reduced(basis, now=False)
+            if reduced is not None:
+                return _reduced(
+                    seg, schema.metric, query, k, blocked, reduced, basis, recall_target
+                )
         return _exact(loaded, schema.metric, query, k, blocked, allowed)
     return _approximate(loaded, schema, query, k, blocked, allowed, search_k, calibrated_k)
 
@@ -190,7 +194,7 @@ def _exact(
     allowed: np.ndarray | None,
 ) -> list[Scored]:
     if allowed is None:
-        s = scores(metric, loaded.dense, query, loaded.norms if metric == "angular" else None)
+        s = scores(metric, loaded.vectors, query, loaded.norms if metric == "angular" else None)
         if blocked is not None:
             s = np.where(blocked, -np.inf, s)
         rows = np.arange(loaded.count)
@@ -200,7 +204,7 @@ def _exact(
     else:
         rows = allowed
         norms = loaded.norms[rows] if metric == "angular" else None
-        s, rows = _top(scores(metric, loaded.dense[rows], query, norms), rows, k)
+        s, rows = _top(scores(metric, loaded.vectors[rows], query, norms), rows, k)
     return _hits(loaded, s, rows)
 
 
@@ -222,14 +226,15 @@ def _reduced(
     query: np.ndarray,
     k: int,
     blocked: np.ndarray | None,
+    reduced: np.ndarray,
     basis: np.ndarray,
     recall_target: float,
 ) -> list[Scored]:
-    """Scan the rows projected on `basis` (a quarter of the bytes of a full scan),
-    then score the best candidates exactly."""
+    """Scan the rows projected on `basis` (`reduced`: a quarter of the bytes of a
+    full scan), then score the best candidates exactly."""
     loaded = seg.loaded
     q = query / max(float(np.linalg.norm(query)), 1e-30) if metric == "angular" else query
-    approx = seg.reduced(basis) @ (q @ basis)
+    approx = reduced @ (q @ basis)
     if metric == "euclidean":
         # -|x - q|² ranks as 2 x.q - |x|² does.
         approx = 2 * approx - loaded.norms**2
@@ -239,7 +244,7 @@ def _reduced(
     rows = np.argpartition(-approx, take - 1)[:take]
     rows = rows[np.isfinite(approx[rows])]
     norms = loaded.norms[rows] if metric == "angular" else None
-    s, rows = _top(scores(metric, loaded.dense[rows], query, norms), rows, k)
+    s, rows = _top(scores(metric, loaded.vectors[rows], query, norms), rows, k)
     return _hits(loaded, s, rows)
 
 
@@ -462,9 +467,13 @@ class Searcher:
         refs = sorted((ref for ref in manifest.segments if ref.live > 0), key=lambda r: r.level > 0)
         warmed = self.cache.warm(refs, parallel=parallel)
         skipped = set(warmed.skipped)
+        basis = self.centroids(manifest.centroids).basis if manifest.centroids else None
         for ref in refs:
             if ref.id not in skipped:
                 self.masks.blocked(ref)
+                if basis is not None and ref.count > REDUCED_MIN_ROWS:
+                    # Warmed for queries: the projection too (see CachedSegment.reduced).
+                    self.cache.get_many([ref])[0].reduced(basis)
         return WarmReport(
             collection,
             manifest.version,
