@@ -167,11 +167,13 @@ def test_the_indexer_consumes_the_queue_reporting_partial_failures(stack: Stack)
         QueueUrl=stack.outputs["queue_url"], AttributeNames=["QueueArn"]
     )["Attributes"]["QueueArn"]
 
-    [mapping] = lam.list_event_source_mappings(
+    indexer = lam.get_function_configuration(
         FunctionName=stack.outputs["function_names"]["indexer"]
-    )["EventSourceMappings"]
+    )["FunctionArn"]
 
-    assert mapping["EventSourceArn"] == queue_arn
+    [mapping] = lam.list_event_source_mappings(EventSourceArn=queue_arn)["EventSourceMappings"]
+
+    assert mapping["FunctionArn"] == indexer
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
