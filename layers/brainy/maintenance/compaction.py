@@ -89,6 +89,9 @@ SAMPLE_CAP = 65_536
 # per partition: its centroids are kept for good, so they are not trained on a
 # handful of rows (level-0 segments are searched in full meanwhile).
 MIN_TRAINING_ROWS = 32
+# An "auto" collection is retrained once it calls for this many times the
+# partitions it has (its rows grew about fourfold since).
+RETRAIN_GROWTH = 2
 
 
 class CompactionConflict(RuntimeError):
@@ -110,6 +113,9 @@ class Plan:
     outputs: tuple[OutputPlan, ...]
     floor: int = 0  # tombstones below it are dropped
     partitions: int = 1  # the collection's partition count ("auto" resolved)
+    # New centroids for an "auto" collection that outgrew its own: every segment
+    # is in `level0`, routed afresh (see `plan_compaction`).
+    retrain: bool = False
 
     @property
     def inputs(self) -> list[SegmentRef]:
@@ -156,6 +162,12 @@ def plan_compaction(
     partition would exceed `max_segments_per_partition`, its smallest segments,
     merged with the level-0 rows routed to it.
 
+    A semantic collection of `"auto"` partitions whose live rows have grown to
+    call for at least `RETRAIN_GROWTH` times its partitions is retrained instead:
+    new centroids, sized for it now, and every segment routed by them into new
+    partitions (a rewrite of the collection, at each fourfold growth of its rows,
+    so amortised over its life it rewrites each row about 1.3 times).
+
     Args:
         partitions: the partition count of a collection whose centroids the
             manifest names (theirs); otherwise the schema's, `"auto"` sized from
@@ -166,6 +178,12 @@ def plan_compaction(
     if partitions is None:
         fixed = schema.fixed_partitions
         partitions = fixed or auto_partitions(sum(s.live for s in level0))
+    elif manifest.centroids is not None and schema.fixed_partitions is None:
+        wanted = auto_partitions(manifest.live)
+        if wanted >= RETRAIN_GROWTH * partitions:
+            everything = tuple(s for s in manifest.segments if s.live or s.tombstones)
+            outputs = tuple(OutputPlan(p, ()) for p in range(wanted))
+            return Plan(manifest, everything, outputs, floor, wanted, retrain=True)
     if take_level0 and schema.strategy == "semantic" and manifest.centroids is None:
         take_level0 = sum(s.live for s in level0) >= MIN_TRAINING_ROWS * partitions
     by_partition: dict[int, list[SegmentRef]] = {}
@@ -418,6 +436,12 @@ class _Inputs:
         self._segments: dict[str, LoadedSegment] = {}
         self._staged: _Staged | None = None
         self.routing = _Routing(schema)
+        # The inputs whose rows are routed to partitions (the plan's `level0`; None:
+        # the level-0 ones): the others are a partition's already.
+        self.routed: set[str] | None = None
+
+    def _routed(self, ref: SegmentRef) -> bool:
+        return ref.level == 0 if self.routed is None else ref.id in self.routed
 
     def segment(self, ref: SegmentRef) -> LoadedSegment:
         if ref.id not in self._segments:
@@ -489,7 +513,7 @@ class _Inputs:
 
     def part(self, ref: SegmentRef, partition: int, floor: int, masks: Masks) -> _Part:
         """What input `ref` gives the output of `partition`."""
-        if ref.level == 0 and self._staged is not None:
+        if self._routed(ref) and self._staged is not None:
             return self._staged.part(ref, partition)
         segment = self.segment(ref)
         header = segment.header
@@ -497,7 +521,7 @@ class _Inputs:
         dead = header.tombstones
         keep_dead = dead.timestamps >= floor
         tombstones_in = len(dead)
-        if ref.level == 0:
+        if self._routed(ref):
             rows = np.flatnonzero(live)
             live[rows[self._partitions_of(segment, rows) != partition]] = False
             in_partition = self.routing.tombstones(dead.ids) == partition
@@ -573,7 +597,10 @@ def _apply(
     inputs = {ref.id: ref for ref in plan.inputs}
     if any(sid not in current for sid in inputs):
         raise CompactionConflict(f"{parent.collection}: inputs already compacted away")
-    if centroids is not None and parent.centroids not in (None, centroids):
+    # A retrain replaces the centroids its base named; any other merge routes by
+    # the manifest's own.
+    current_centroids = plan.base.centroids if plan.retrain else centroids
+    if centroids is not None and parent.centroids not in (None, current_centroids):
         raise CompactionConflict(f"{parent.collection}: routed by centroids no longer current")
     new_refs = []
     for output, ref in outputs:
@@ -596,7 +623,7 @@ def _apply(
         floor=plan.floor,
         swept=swept,
         lease_token=lease_token if lease_token is not None else parent.lease_token,
-        centroids=parent.centroids or centroids,
+        centroids=centroids if plan.retrain else (parent.centroids or centroids),
     )
 
 
@@ -762,7 +789,7 @@ def _routing(ctx: Maintenance, plan: Plan, schema: CollectionSchema, inputs: _In
     output is built, so their upload is the merge's oldest)."""
     if schema.strategy != "semantic":
         return _Routing(schema)
-    if plan.base.centroids is not None or not plan.level0:
+    if not plan.retrain and (plan.base.centroids is not None or not plan.level0):
         return _load_routing(ctx.store, schema, plan.base.centroids)
     k = plan.partitions
     # k-means needs SAMPLE_PER_PARTITION rows a centroid; the probe calibration
@@ -790,6 +817,7 @@ def _build_outputs(
 ) -> tuple[list[_Built], _Routing]:
     cache_dir = Path(ctx.settings.cache_dir)
     inputs = _Inputs(ctx.store, schema, cache_dir / "compaction")
+    inputs.routed = {ref.id for ref in plan.level0}
     results: list[_Built] = []
     try:
         routing = inputs.routing = _routing(ctx, plan, schema, inputs)
@@ -874,6 +902,7 @@ def rebuild_compacted(
     others = tuple(by_id[sid] for sid in lineage["inputs"] if sid in by_id)
     plan = Plan(base, level0, (OutputPlan(lineage["partition"], others),), lineage["floor"])
     inputs = _Inputs(store, schema, cache_dir / "rebuild")
+    inputs.routed = {ref.id for ref in level0}
     # Routed by the centroids the merge used: the first compaction's base version
     # names none yet, its lineage does.
     inputs.routing = _load_routing(store, schema, lineage.get("centroids"))

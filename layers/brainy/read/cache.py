@@ -24,23 +24,35 @@ class CachedSegment:
         self.loaded = loaded
         self.filters = FilterIndex(loaded.header.metadata)
         self._reduced: tuple[np.ndarray, np.ndarray] | None = None
+        self._scans = 0
         self._lock = threading.Lock()
 
-    def reduced(self, basis: np.ndarray) -> np.ndarray:
+    def reduced(self, basis: np.ndarray, *, now: bool = True) -> np.ndarray | None:
         """The rows projected on the collection's `basis` (angular rows unit length
-        first, as they are scored): computed once, on the first search that scans
-        this segment, and kept beside it (a quarter of its vectors' bytes)."""
+        first, as they are scored), kept beside the segment (a quarter of its
+        vectors' bytes).
+
+        Computed on the second scan that asks (or at once with `now`), not the
+        first: a projection costs about ten full scans of the segment, so a cold
+        query, which touches each of its segments once, scans them in full and
+        leaves the projection to the segments that are searched again.
+        """
         found = self._reduced
-        if found is None or found[0] is not basis:
-            with self._lock:
-                found = self._reduced
-                if found is None or found[0] is not basis:
-                    loaded = self.loaded
-                    rows = loaded.dense
-                    if loaded.header.metric == "angular":
-                        rows = rows / np.maximum(loaded.norms, 1e-30)[:, None]
-                    found = self._reduced = (basis, np.ascontiguousarray(rows @ basis))
-        return found[1]
+        if found is not None and found[0] is basis:
+            return found[1]
+        with self._lock:
+            found = self._reduced
+            if found is not None and found[0] is basis:
+                return found[1]
+            self._scans += 1
+            if not now and self._scans < 2:
+                return None
+            loaded = self.loaded
+            rows = loaded.vectors
+            if loaded.header.metric == "angular":
+                rows = rows / np.maximum(loaded.norms, 1e-30)[:, None]
+            self._reduced = (basis, np.ascontiguousarray(rows @ basis))
+            return self._reduced[1]
 
 
 @dataclass

@@ -70,6 +70,12 @@ def scores(metric: str, vectors: np.ndarray, query: np.ndarray, norms: np.ndarra
 DEFAULT_RECALL_TARGET = 0.95
 
 
+def best_of(found: list[Scored], k: int) -> list[Scored]:
+    """The best `k` hits, highest score first, ties by id (the same order on
+    every instance)."""
+    return heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
+
+
 def plan(
     calibration: Mapping[str, Any] | None, recall_target: float
 ) -> tuple[bool, int | None, int]:
@@ -158,7 +164,11 @@ def search_segment(
         or (allowed is not None and allowed.size <= schema.exact_threshold)
     ):
         if basis is not None and allowed is None and recall_target < 1.0 and n > REDUCED_MIN_ROWS:
-            return _reduced(seg, schema.metric, query, k, blocked, basis, recall_target)
+            reduced = seg.reduced(basis, now=False)
+            if reduced is not None:
+                return _reduced(
+                    seg, schema.metric, query, k, blocked, reduced, basis, recall_target
+                )
         return _exact(loaded, schema.metric, query, k, blocked, allowed)
     return _approximate(loaded, schema, query, k, blocked, allowed, search_k, calibrated_k)
 
@@ -184,7 +194,7 @@ def _exact(
     allowed: np.ndarray | None,
 ) -> list[Scored]:
     if allowed is None:
-        s = scores(metric, loaded.dense, query, loaded.norms if metric == "angular" else None)
+        s = scores(metric, loaded.vectors, query, loaded.norms if metric == "angular" else None)
         if blocked is not None:
             s = np.where(blocked, -np.inf, s)
         rows = np.arange(loaded.count)
@@ -194,7 +204,7 @@ def _exact(
     else:
         rows = allowed
         norms = loaded.norms[rows] if metric == "angular" else None
-        s, rows = _top(scores(metric, loaded.dense[rows], query, norms), rows, k)
+        s, rows = _top(scores(metric, loaded.vectors[rows], query, norms), rows, k)
     return _hits(loaded, s, rows)
 
 
@@ -216,14 +226,15 @@ def _reduced(
     query: np.ndarray,
     k: int,
     blocked: np.ndarray | None,
+    reduced: np.ndarray,
     basis: np.ndarray,
     recall_target: float,
 ) -> list[Scored]:
-    """Scan the rows projected on `basis` (a quarter of the bytes of a full scan),
-    then score the best candidates exactly."""
+    """Scan the rows projected on `basis` (`reduced`: a quarter of the bytes of a
+    full scan), then score the best candidates exactly."""
     loaded = seg.loaded
     q = query / max(float(np.linalg.norm(query)), 1e-30) if metric == "angular" else query
-    approx = seg.reduced(basis) @ (q @ basis)
+    approx = reduced @ (q @ basis)
     if metric == "euclidean":
         # -|x - q|² ranks as 2 x.q - |x|² does.
         approx = 2 * approx - loaded.norms**2
@@ -233,7 +244,7 @@ def _reduced(
     rows = np.argpartition(-approx, take - 1)[:take]
     rows = rows[np.isfinite(approx[rows])]
     norms = loaded.norms[rows] if metric == "angular" else None
-    s, rows = _top(scores(metric, loaded.dense[rows], query, norms), rows, k)
+    s, rows = _top(scores(metric, loaded.vectors[rows], query, norms), rows, k)
     return _hits(loaded, s, rows)
 
 
@@ -308,6 +319,7 @@ class Searcher:
         self.masks = Masks(store)
         self._views: dict[str, ManifestView] = {}
         self._views_lock = threading.Lock()
+        self._threads = query_threads
         self._pool = ThreadPoolExecutor(query_threads, thread_name_prefix="brainy-query")
         self.vectors_served = 0
         # Centroids objects by key: immutable, so fetched once per process.
@@ -389,7 +401,7 @@ class Searcher:
             # The next query may probe other partitions: fetch them now, behind
             # this answer, rather than in front of that one.
             self._background.request(schema.name, manifest.version)
-        best = heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
+        best = best_of(found, k)
         hits = [Hit(rid, score, metadata) for score, rid, metadata in best]
         self.vectors_served += len(hits)
         if self.recall.wanted() and self._local(manifest):
@@ -430,7 +442,7 @@ class Searcher:
                 (seg,) = self.cache.get_many([ref])
                 blocked = self.masks.blocked(ref)
                 found += search_segment(seg, blocked, schema, query, k, filters, 1.0)
-        best = heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
+        best = best_of(found, k)
         return [rid for _, rid, _ in best]
 
     def warm(self, collection: str, *, parallel: bool = True) -> WarmReport:
@@ -455,9 +467,13 @@ class Searcher:
         refs = sorted((ref for ref in manifest.segments if ref.live > 0), key=lambda r: r.level > 0)
         warmed = self.cache.warm(refs, parallel=parallel)
         skipped = set(warmed.skipped)
+        basis = self.centroids(manifest.centroids).basis if manifest.centroids else None
         for ref in refs:
             if ref.id not in skipped:
                 self.masks.blocked(ref)
+                if basis is not None and ref.count > REDUCED_MIN_ROWS:
+                    # Warmed for queries: the projection too (see CachedSegment.reduced).
+                    self.cache.get_many([ref])[0].reduced(basis)
         return WarmReport(
             collection,
             manifest.version,
@@ -479,21 +495,29 @@ class Searcher:
         recall_target: float,
         basis: np.ndarray | None = None,
     ) -> list[Scored]:
-        """The best `k` of each segment, in parallel, downloading those not cached."""
+        """The best `k` of each segment, in parallel, downloading those not cached.
+
+        The segments are dealt to at most `query_threads` tasks, each searching its
+        share one after another and keeping its best `k`: a semantic search probes
+        tens to hundreds of partitions, and a task (a future, a wake-up, a merge)
+        per segment would cost as much as a small partition's scan.
+        """
         segments = self.cache.get_many(refs)
-        parts = self._pool.map(
-            lambda pair: search_segment(
-                pair[0],
-                self.masks.blocked(pair[1]),
-                schema,
-                query,
-                k,
-                filters,
-                recall_target,
-                basis,
-            ),
-            zip(segments, refs, strict=True),
-        )
+        pairs = list(zip(segments, refs, strict=True))
+        tasks = max(1, min(self._threads, len(pairs)))
+
+        def run(share: list[tuple[CachedSegment, SegmentRef]]) -> list[Scored]:
+            found: list[Scored] = []
+            for seg, ref in share:
+                blocked = self.masks.blocked(ref)
+                found += search_segment(
+                    seg, blocked, schema, query, k, filters, recall_target, basis
+                )
+            return best_of(found, k)
+
+        if tasks == 1:
+            return run(pairs)
+        parts = self._pool.map(run, [pairs[i::tasks] for i in range(tasks)])
         return [item for part in parts for item in part]
 
     def close(self) -> None:
