@@ -37,7 +37,6 @@ import json
 import multiprocessing
 import os
 import resource
-import statistics
 import tempfile
 import threading
 import time

@@ -401,14 +401,22 @@ class Searcher:
         filters: Mapping[str, Any] | None,
         recall_target: float,
     ) -> list[Scored]:
-        """The best `k` of each segment, in parallel, downloading those not cached."""
+        """The best `k` of each segment, in parallel, downloading those not cached.
+
+        One segment (a collection compacted into one partition, or a probe that
+        picked one) is searched on the caller's thread: handing it to the pool
+        only adds a thread switch and the GIL's hand-over, and makes concurrent
+        requests queue for the pool's few threads."""
         segments = self.cache.get_many(refs)
-        parts = self._pool.map(
-            lambda pair: search_segment(
-                pair[0], self.masks.blocked(pair[1]), schema, query, k, filters, recall_target
-            ),
-            zip(segments, refs, strict=True),
-        )
+
+        def one(pair: tuple[CachedSegment, SegmentRef]) -> list[Scored]:
+            seg, ref = pair
+            return search_segment(
+                seg, self.masks.blocked(ref), schema, query, k, filters, recall_target
+            )
+
+        pairs = list(zip(segments, refs, strict=True))
+        parts = map(one, pairs) if len(pairs) == 1 else self._pool.map(one, pairs)
         return [item for part in parts for item in part]
 
     def close(self) -> None:
