@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.procs import serve
+from bench.procs import REPO, serve
 from brainy.core.config import CollectionSchema
 from brainy.maintenance.compaction import compact
 from brainy.service.app import Brainy
@@ -229,7 +229,7 @@ def _server_label(env: dict[str, str]) -> str:
 
 def _measure_server(
     url: str, workdir: Path, env: dict[str, str], queries: np.ndarray, app: Brainy,
-    clients: list[int], seconds: float,
+    clients: list[int], seconds: float, repo: Path,
 ) -> dict[str, Any]:  # fmt: skip
     full = {
         "BRAINY_STORE": url,
@@ -238,7 +238,7 @@ def _measure_server(
         **env,
     }
     out: dict[str, Any] = {"server": _server_label(env)}
-    with serve("search", full, workdir / "logs") as fn:
+    with serve("search", full, workdir / "logs", repo) as fn:
         conn = http.client.HTTPConnection("127.0.0.1", fn.port, timeout=600)
         conn.request("POST", "/warmup", b"{}", {"Content-Type": "application/json"})
         assert conn.getresponse().read() and True
@@ -249,7 +249,13 @@ def _measure_server(
         out["docs"] = _single(app, fn.port, "docs", queries)
         out["small"] = _single(app, fn.port, "small", queries)
         out["error"] = _error(fn.port)
-        out["load"] = [_load(fn.port, bodies, c, seconds) for c in clients]
+        out["load"] = []
+        for c in clients:
+            cpu = fn.cpu_seconds()
+            load = _load(fn.port, bodies, c, seconds)
+            spent = fn.cpu_seconds() - cpu
+            load["server_cpu_ms_per_request"] = round(spent * 1000 / max(load["requests"], 1), 3)
+            out["load"].append(load)
     return out
 
 
@@ -259,6 +265,7 @@ def run(
     seconds: float,
     servers: list[dict[str, str]] | None = None,
     workdir: Path | None = None,
+    repo: Path = REPO,
 ) -> dict[str, Any]:
     """Build (or reuse) the collections and measure each server configuration.
 
@@ -269,6 +276,7 @@ def run(
         servers: environments of the function process (e.g. `{"WORKERS": "2"}`);
             one run with the function's defaults when omitted.
         workdir: where the store is kept (and reused by runs of the same size).
+        repo: the checkout whose search function is served (default: this one).
     """
     workdir = workdir or Path(tempfile.gettempdir()) / "brainy-bench-http"
     started = time.perf_counter()
@@ -278,6 +286,8 @@ def run(
         "small_rows": SMALL,
         "data": source,
         "cpus": os.cpu_count(),
+        # In-process figures depend on it (BLAS threads spin between calls).
+        "harness_openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
         "setup_seconds": round(time.perf_counter() - started, 1),
         "runs": [],
     }
@@ -285,7 +295,7 @@ def run(
     app.warmup({})
     try:
         for env in servers or [{}]:
-            measured = _measure_server(url, workdir, env, queries, app, clients, seconds)
+            measured = _measure_server(url, workdir, env, queries, app, clients, seconds, repo)
             print(json.dumps(measured, indent=2), flush=True)
             results["runs"].append(measured)
     finally:
@@ -307,12 +317,16 @@ def main(argv: list[str] | None = None) -> None:
         help="function environment to measure, e.g. WORKERS=2,THREADS=4 (repeatable)",
     )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--repo", type=Path, default=REPO,
+        help="serve the search function of another checkout (before/after a change)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="10,000 rows, 4 s load runs")
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.seconds = min(args.rows, 10_000), min(args.seconds, 4.0)
     clients = [int(c) for c in args.clients.split(",")]
-    results = run(args.rows, clients, args.seconds, args.server, args.workdir)
+    results = run(args.rows, clients, args.seconds, args.server, args.workdir, args.repo)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "http.json").write_text(json.dumps(results, indent=2) + "\n")
 

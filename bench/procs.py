@@ -49,6 +49,21 @@ class Function:
         except OSError:
             return ""
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server and its workers: under
+        a loaded machine, CPU per request measures capacity where wall time cannot."""
+        pids = [self.process.pid]
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+            pids += [int(p) for p in children.read_text().split()]
+        ticks = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                # Fields after the command (which may hold spaces): utime, stime at 11, 12.
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         """Terminate the process group (kill it if it lingers); idempotent."""
         if self.process.poll() is None:
@@ -92,29 +107,37 @@ def _wait_until_ready(fn: Function) -> None:
 
 
 @contextlib.contextmanager
-def serve(name: str, env: Mapping[str, str], workdir: Path) -> Iterator[Function]:
+def serve(
+    name: str, env: Mapping[str, str], workdir: Path, repo: Path = REPO
+) -> Iterator[Function]:
     """Run `functions/<name>/main.py` with `env` added to this process's environment
     (minus its BRAINY_ and AWS_ variables) until the block ends.
+
+    Args:
+        repo: the checkout whose function and layer are served (another one, a
+            `git worktree` of main say, to compare before and after a change).
 
     Yields:
         The function, once `GET /health` answers.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     full = {k: v for k, v in os.environ.items() if not k.startswith(("BRAINY_", "AWS_"))}
+    if repo != REPO:
+        full["PYTHONPATH"] = str(repo / "layers")
     full.update(env)
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix=f"{name}-{port}-", suffix=".log", dir=workdir)[1])
     with open(log_path, "wb") as log:
         argv = [
             str(Path(sys.executable).with_name("functions-framework")),
-            "--source", str(REPO / "functions" / name / "main.py"),
+            "--source", str(repo / "functions" / name / "main.py"),
             "--target", name,
             "--host", LOOPBACK,
             "--port", str(port),
         ]  # fmt: skip
         process = subprocess.Popen(
             argv,
-            cwd=REPO,
+            cwd=repo,
             env=full,
             stdin=subprocess.DEVNULL,
             stdout=log,
