@@ -37,18 +37,28 @@ import json
 import multiprocessing
 import os
 import resource
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# The in-process reference runs with the function's BLAS setting (one thread:
+# functions/search/main.py), which holds only if numpy loads after this line, as it
+# does under `python -m bench.http`; the results record what held.
+HARNESS_BLAS = (
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if "numpy" not in sys.modules
+    else f"numpy loaded before: {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}"
+)
 
-from bench.procs import REPO, serve
-from brainy.core.config import CollectionSchema
-from brainy.maintenance.compaction import compact
-from brainy.service.app import Brainy
+import numpy as np  # noqa: E402
+
+from bench.procs import REPO, serve  # noqa: E402
+from brainy.core.config import CollectionSchema  # noqa: E402
+from brainy.maintenance.compaction import compact  # noqa: E402
+from brainy.service.app import Brainy  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PYPI = Path("/work/shared/data/pypi-minilm.npz")
@@ -286,8 +296,7 @@ def run(
         "small_rows": SMALL,
         "data": source,
         "cpus": os.cpu_count(),
-        # In-process figures depend on it (BLAS threads spin between calls).
-        "harness_openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+        "harness_openblas_threads": HARNESS_BLAS,
         "setup_seconds": round(time.perf_counter() - started, 1),
         "runs": [],
     }
