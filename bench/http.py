@@ -24,6 +24,13 @@ machine hits both alike:
 
 Each `--server "WORKERS=2,THREADS=4"` adds a server configuration (environment of
 the function process) to measure; without one the function's defaults run.
+`--repo DIR` serves the function and layer of another checkout (e.g. `git archive
+main | tar -x -C DIR`) against the same store, for before/after. Each load run also
+reports the server's CPU time per request (master and workers, from /proc): on a
+shared, loaded machine it measures capacity where QPS cannot.
+
+The load generator is a `spawn`ed process: an orchestrator that imports `run`
+must keep its own work under `if __name__ == "__main__":`.
 
 Run: `python -m bench.http [--rows 50000] [--clients 1,16] [--seconds 20] [--quick]`;
 figures go to `bench/results/http.json`.
