@@ -7,7 +7,7 @@ error, naming the field and the reason, as the layer raises."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from brainy.maintenance.compaction import compact
 from brainy.service.app import Brainy
 from conftest import Launcher
 from helpers import declare, make_app
+from servers import new_store_url
 
 DIMENSION = 8
 
@@ -44,14 +45,18 @@ def _fill(url: str, tmp_path: Path) -> None:
     writer.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def served(
-    launch: Launcher, store_url: Callable[[str], str], tmp_path: Path
-) -> tuple[FunctionServer, Brainy]:
-    url = store_url("file")
+    launch: Launcher, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[FunctionServer, Brainy]]:
+    """One search function, and an in-process search instance, on one filled store."""
+    tmp_path = tmp_path_factory.mktemp("answers")
+    url = new_store_url("file", tmp_path)
     _fill(url, tmp_path)
     search = launch("search", url, BRAINY_MODE="read-only", BRAINY_REFRESH_INTERVAL="3600")
-    return search, make_app(url, tmp_path, "search", BRAINY_MODE="read-only")
+    app = make_app(url, tmp_path, "search", BRAINY_MODE="read-only")
+    yield search, app
+    app.close()
 
 
 def _expected(app: Brainy, payload: dict[str, Any]) -> dict[str, Any]:
