@@ -35,6 +35,7 @@ from brainy.core.config import CONFIG_KEY, CollectionSchema
 from brainy.format.centroids import read_centroids
 from brainy.format.partitioning import probed_partitions
 from brainy.maintenance.compaction import compact
+from brainy.read.search import DEFAULT_RECALL_TARGET, probes
 from brainy.service.app import Brainy
 from brainy.storage import open_store
 from brainy.table.manifest import Manifest, Manifests
@@ -90,9 +91,19 @@ def _scanned(
     refs = [r for r in manifest.segments if r.live > 0]
     if manifest.centroids is not None:
         centroids = read_centroids(store, manifest.centroids)
-        probed = set(probed_partitions(centroids, query, schema.metric, schema.probes).tolist())
+        nprobe, _ = probes(schema, centroids, refs, DEFAULT_RECALL_TARGET)
+        probed = set(probed_partitions(centroids.matrix, query, schema.metric, nprobe).tolist())
         refs = [r for r in refs if r.level == 0 or r.partition in probed]
     return len(refs), sum(r.live for r in refs)
+
+
+def _nprobe(manifest: Manifest, schema: CollectionSchema, store) -> int:
+    """The partitions a default search probes (all, for hash partitions)."""
+    if manifest.centroids is None:
+        return len({r.partition for r in manifest.segments if r.level > 0})
+    refs = [r for r in manifest.segments if r.live > 0]
+    centroids = read_centroids(store, manifest.centroids)
+    return probes(schema, centroids, refs, DEFAULT_RECALL_TARGET)[0]
 
 
 def _measure(url: str, name: str, cache: Path, queries: np.ndarray, truth: np.ndarray) -> dict:
@@ -118,7 +129,7 @@ def _measure(url: str, name: str, cache: Path, queries: np.ndarray, truth: np.nd
         scans = [_scanned(manifest, schema, store, q) for q in queries]
         total = manifest.live
         return {
-            "nprobe": schema.probes if schema.strategy == "semantic" else schema.partitions,
+            "nprobe": _nprobe(manifest, schema, store),
             "recall_at_10": round(found / (K * len(queries)), 4),
             "p50_ms": round(float(np.percentile(took, 50)) * 1000, 3),
             "p95_ms": round(float(np.percentile(took, 95)) * 1000, 3),
@@ -167,7 +178,7 @@ def run(partitions: list[int], nprobes: list[int], queries: int, workdir: Path) 
             compaction_s = time.perf_counter() - began
             writer.close()
             assert report.status == "compacted", report
-            default = CollectionSchema(name, dimension=1, partitions=count).probes
+            default = CollectionSchema(name, dimension=1, partitions=count).probes(count)
             sweep = sorted({n for n in nprobes if n <= count} | {default})
             for nprobe in sweep if strategy == "semantic" else [None]:
                 if strategy == "semantic":

@@ -164,6 +164,17 @@ def test_collection_create_semantic_with_nprobe(brainy) -> None:
     assert (docs["strategy"], docs["nprobe"]) == ("semantic", 3)
 
 
+def test_collection_create_semantic_with_auto_partitions(brainy) -> None:
+    args = ["--dimension", "4", "--partitions", "auto", "--strategy", "semantic"]
+    status, out, _ = brainy("collection", "create", "docs", *args)
+    assert status == 0
+    assert "partitions auto, strategy semantic (probing as calibrated" in out
+    status, _, err = brainy(
+        "collection", "create", "other", "--dimension", "4", "--partitions", "auto"
+    )
+    assert status == 2 and 'partitions: "auto" needs strategy "semantic"' in err
+
+
 def test_collection_create_is_idempotent_but_refuses_a_new_dimension(brainy) -> None:
     assert brainy("collection", "create", "docs", "--dimension", "4")[0] == 0
     status, out, _ = brainy("collection", "create", "docs", "--dimension", "4")

@@ -3,17 +3,26 @@ rows routed to the centroid nearest by the collection's metric."""
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
+import xxhash
 
 from brainy.format.centroids import (
+    Centroids,
     CorruptCentroids,
     decode_centroids,
     encode_centroids,
     read_centroids,
     write_centroids,
 )
-from brainy.format.partitioning import nearest_centroids, probed_partitions, train_centroids
+from brainy.format.partitioning import (
+    nearest_centroids,
+    probed_partitions,
+    train_basis,
+    train_centroids,
+)
 from brainy.storage import open_store
 
 
@@ -23,9 +32,14 @@ def _clusters(rng: np.random.Generator, n: int, dim: int, k: int) -> np.ndarray:
 
 
 def test_round_trip_and_every_flipped_byte_is_refused():
-    centroids = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    matrix = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    basis = np.random.default_rng(1).standard_normal((3, 2)).astype(np.float32)
+    centroids = Centroids(matrix, {"nprobe": {"0.9": 2, "0.95": 3}, "sample": 100}, basis)
     data = encode_centroids(centroids)
-    assert np.array_equal(decode_centroids(data), centroids)
+    decoded = decode_centroids(data)
+    assert np.array_equal(decoded.matrix, matrix) and decoded.calibration == centroids.calibration
+    assert np.array_equal(decoded.basis, basis)
+    assert decode_centroids(encode_centroids(Centroids(matrix))).basis is None
     for at in range(len(data)):
         broken = bytearray(data)
         broken[at] ^= 0x01
@@ -39,11 +53,31 @@ def test_round_trip_and_every_flipped_byte_is_refused():
 
 def test_written_under_a_fresh_key_and_read_back():
     store = open_store("memory://centroids")
-    centroids = np.eye(4, dtype=np.float32)
+    centroids = Centroids(np.eye(4, dtype=np.float32))
     first = write_centroids(store, "docs", centroids)
     second = write_centroids(store, "docs", centroids)
     assert first != second and first.startswith("docs/meta/centroids/")
-    assert np.array_equal(read_centroids(store, first), centroids)
+    assert np.array_equal(read_centroids(store, first).matrix, centroids.matrix)
+
+
+def test_format_1_objects_still_read_without_calibration():
+    """Centroids written before calibration (format 1: the matrix alone) stay readable:
+    they are never rewritten, so a collection compacted then keeps them for good."""
+    matrix = np.arange(12, dtype=np.float32).reshape(4, 3)
+    body = struct.pack("<II", 4, 3) + matrix.astype("<f4").tobytes()
+    old = b"BRAINYC1" + xxhash.xxh3_128_digest(body) + body
+    decoded = decode_centroids(old, "k")
+    assert np.array_equal(decoded.matrix, matrix) and decoded.calibration == {}
+    assert decoded.probes_for(0.95) is None
+    with pytest.raises(CorruptCentroids):
+        tail = body + b"{}"
+        decode_centroids(b"BRAINYC1" + xxhash.xxh3_128_digest(tail) + tail, "k")
+
+
+def test_probes_for_takes_the_lowest_level_at_or_above_the_target():
+    c = Centroids(np.eye(8, dtype=np.float32), {"nprobe": {"0.9": 2, "0.95": 4, "0.99": 12}})
+    assert [c.probes_for(t) for t in (0.5, 0.9, 0.92, 0.95, 0.99)] == [2, 2, 4, 4, 8]
+    assert c.probes_for(0.995) is None
 
 
 @pytest.mark.parametrize("metric", ["angular", "euclidean", "dot"])
@@ -73,6 +107,18 @@ def test_training_is_seeded_and_rows_go_to_their_nearest_centroid(metric):
     query = rows[0]
     ranked = probed_partitions(centroids, query, metric, 3)
     assert ranked[0] == routed[0] and len(set(ranked.tolist())) == 3
+
+
+def test_basis_holds_the_top_directions_of_the_rows():
+    rng = np.random.default_rng(2)
+    strong = rng.standard_normal((4000, 8)).astype(np.float32) * 10
+    rows = np.concatenate([strong, rng.standard_normal((4000, 120)).astype(np.float32)], axis=1)
+    basis = train_basis(rows, "dot")
+    assert basis.shape == (128, 32) and np.allclose(basis.T @ basis, np.eye(32), atol=1e-4)
+    # The 8 strong coordinates lie (almost) wholly inside the basis's span.
+    inside = np.linalg.norm(basis[:8], axis=1)
+    assert (inside > 0.99).all()
+    assert train_basis(rows[:, :64], "dot") is None  # too few dimensions to pay
 
 
 def test_fewer_distinct_rows_than_partitions_still_trains():

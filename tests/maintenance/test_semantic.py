@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from brainy.core.config import CollectionSchema, SchemaFrozen
-from brainy.format.centroids import read_centroids, write_centroids
-from brainy.format.partitioning import hash_partitions, nearest_centroids
+from brainy.format.centroids import Centroids, read_centroids, write_centroids
+from brainy.format.partitioning import auto_partitions, hash_partitions, nearest_centroids
 from brainy.format.segment import load_segment, upload_segment
 from brainy.maintenance.compaction import MIN_TRAINING_ROWS, compact, rebuild_compacted
 from brainy.maintenance.gc import collect_garbage
@@ -81,20 +81,24 @@ def _latest(url: str):
     return Manifests(open_store(url), "docs").latest()
 
 
-def _assert_routed(store, manifest, metric: str, tmp_path: Path) -> None:
+def _assert_routed(
+    store, manifest, metric: str, tmp_path: Path, partitions: int | None = PARTITIONS
+) -> None:
     """Every segment is compacted, every row sits in the partition of its nearest
     centroid, and every tombstone in the partition of its id's hash."""
-    centroids = read_centroids(store, manifest.centroids)
-    assert centroids.shape == (PARTITIONS, DIM)
-    assert all(ref.level == 1 for ref in manifest.segments)
-    for ref in manifest.segments:
+    centroids = read_centroids(store, manifest.centroids).matrix
+    if partitions is not None:
+        assert centroids.shape == (partitions, DIM)
+    # Every row compacted (a delete committed after the merge's plan may wait).
+    assert all(ref.level == 1 for ref in manifest.segments if ref.count)
+    for ref in (ref for ref in manifest.segments if ref.level == 1):
         seg = load_segment(store, ref.key, ref.id, tmp_path / "check")
         if seg.count:
             routed = nearest_centroids(np.asarray(seg.vectors), centroids, metric)
             assert (routed == ref.partition).all()
         # Tombstones carry no vector: they go by the id's hash.
         dead = seg.header.tombstones.ids
-        assert (hash_partitions(dead, PARTITIONS, 5) == ref.partition).all()
+        assert (hash_partitions(dead, len(centroids), 5) == ref.partition).all()
 
 
 @pytest.mark.parametrize("metric", ["angular", "euclidean", "dot"])
@@ -178,7 +182,7 @@ def test_gc_keeps_the_centroids_and_collects_an_orphan(tmp_path):
     url, app, _, _ = _compacted(tmp_path, "gc", 5)
     store = open_store(url)
     key = _latest(url).centroids
-    orphan = write_centroids(store, "docs", np.ones((PARTITIONS, DIM), dtype=np.float32))
+    orphan = write_centroids(store, "docs", Centroids(np.ones((PARTITIONS, DIM), np.float32)))
     settings = replace(app.settings, retention=0.0, gc_grace=0.0, batch_retention=0.0)
     report = collect_garbage(store, "docs", settings, now=_latest(url).created + 10**6)
     assert orphan in report.side and key not in report.deleted
@@ -240,4 +244,47 @@ def test_a_first_compaction_that_outlasts_the_gc_grace_rewrites_its_centroids(tm
     for ref in manifest.segments:
         assert json.loads(app.store.get(ref.lineage).data)["centroids"] == manifest.centroids
     assert verify(app.store, "docs").ok
+    assert live_state(url, "docs") == model_of(open_store(url, read_only=True), keys)
+
+
+def test_an_auto_collection_that_outgrew_its_centroids_is_retrained(tmp_path):
+    """`partitions: "auto"` is sized at the first compaction; once the collection
+    has grown to call for twice as many partitions, the next compaction trains new
+    centroids and routes every row afresh: the live set stays last-writer-wins
+    (including a delete committed while the retrain was building), every row sits
+    in the partition of its nearest new centroid, verify and repair agree."""
+    url = "memory://semantic-retrain"
+    app = make_app(url, tmp_path, BRAINY_COMPACT_MIN_SEGMENTS="2", BRAINY_TOMBSTONE_GRACE="0")
+    declare(app, dimension=DIM, partitions="auto", strategy="semantic", seed=5)
+    rng = np.random.default_rng(8)
+    keys = _batches(app, rng, 4, 250)
+    assert compact(app.maintenance, "docs", force=True).status == "compacted"
+    store = open_store(url)
+    first = _latest(url)
+    assert len(read_centroids(store, first.centroids)) == auto_partitions(first.live) == 8
+    # Grow to about five times the rows: auto now asks for 18 partitions.
+    keys += _batches(app, rng, 8, 500, prefix="g")
+    assert auto_partitions(_latest(url).live) >= 2 * 8
+
+    def late_delete() -> None:
+        keys.append(_ingest(app, rng, [], deletes=["r2-5", "g3-7"]))
+
+    report = compact(app.maintenance, "docs", before_commit=late_delete)
+    assert report.status == "compacted"
+    manifest = _latest(url)
+    assert manifest.centroids != first.centroids
+    centroids = read_centroids(store, manifest.centroids)
+    assert len(centroids) == auto_partitions(manifest.live)
+    _assert_routed(store, manifest, "angular", tmp_path, None)
+    assert live_state(url, "docs") == model_of(open_store(url, read_only=True), keys)
+    assert "r2-5" not in live_state(url, "docs")
+    assert verify(store, "docs").ok
+    schema = app.require_schema("docs")
+    victim = max(manifest.segments, key=lambda r: r.count)
+    rebuilt = rebuild_compacted(store, schema, victim, tmp_path / "rb")
+    assert rebuilt.count == victim.count
+    # Settled: the next compaction keeps the new centroids.
+    keys.append(_ingest(app, rng, ["late-1"]))
+    assert compact(app.maintenance, "docs", force=True).status == "compacted"
+    assert _latest(url).centroids == manifest.centroids
     assert live_state(url, "docs") == model_of(open_store(url, read_only=True), keys)

@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from brainy.format.centroids import read_centroids
+from brainy.format.partitioning import auto_partitions
 from brainy.maintenance.compaction import compact
+from brainy.read.search import REDUCED_MIN_ROWS
 from brainy.service.app import Brainy
 from brainy.storage import open_store
 from brainy.table.manifest import Manifests
@@ -42,12 +45,13 @@ def _downloads(store: FaultyStore) -> set[str]:
     return {c.key for c in store.calls if c.op == "download" and "/segments/" in c.key}
 
 
-def _recall(app: Brainy, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+def _recall(app: Brainy, vectors: np.ndarray, queries: np.ndarray, k: int = 10, **extra) -> float:
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     truth = np.argsort(-(queries @ unit.T), axis=1)[:, :k]
     found = 0
     for q, best in zip(queries, truth, strict=True):
-        hits = app.search({"collection": "docs", "vector": q.tolist(), "k": k}).hits
+        payload = {"collection": "docs", "vector": q.tolist(), "k": k, **extra}
+        hits = app.search(payload).hits
         assert len(hits) == k
         found += len(set(best.tolist()) & {int(h.id) for h in hits})
     return found / (k * len(queries))
@@ -117,12 +121,105 @@ def test_recall_on_real_sentence_embeddings_at_the_default_nprobe(tmp_path: Path
     queries = data["query"][:100].astype(np.float32)
     url = f"file://{tmp_path / 'store'}"
     writer = make_app(url, tmp_path)
-    schema = declare(writer, dimension=384, partitions=64, strategy="semantic")
-    assert schema.probes == 24
+    declare(writer, dimension=384, partitions=64, strategy="semantic")
     _index(writer, vectors, batch=15_000)
     assert compact(writer.maintenance, "docs", force=True).status == "compacted"
+    centroids = read_centroids(
+        open_store(url), Manifests(open_store(url), "docs").latest().centroids
+    )
+    probes = centroids.probes_for(0.95)
+    assert probes is not None and probes < 64
     # Background warming off: it would download the other partitions next.
     reader, store = recording_reader(url, tmp_path, BRAINY_BACKGROUND_WARM="false")
     reader.search({"collection": "docs", "vector": queries[0].tolist(), "k": 10})
-    assert len(_downloads(store)) <= schema.probes
+    assert len(_downloads(store)) <= probes
     assert _recall(reader, vectors, queries) >= 0.95
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="needs shared/data/pypi-minilm.npz")
+def test_auto_partitions_and_calibrated_probes_meet_each_recall_target(tmp_path: Path):
+    """`partitions: "auto"` on the shared real embeddings: sized from the collection
+    at the first compaction, and each recall target probes what the centroids'
+    calibration measured for it — fewer partitions for a lower target — and
+    reaches it against exact search on the held-out queries."""
+    data = np.load(DATA)
+    vectors = data["base"].astype(np.float32)
+    queries = data["query"][:100].astype(np.float32)
+    url = f"file://{tmp_path / 'store'}"
+    writer = make_app(url, tmp_path)
+    declare(writer, dimension=384, partitions="auto", strategy="semantic")
+    _index(writer, vectors, batch=15_000)
+    assert compact(writer.maintenance, "docs", force=True).status == "compacted"
+    manifest = Manifests(open_store(url), "docs").latest()
+    centroids = read_centroids(open_store(url), manifest.centroids)
+    assert len(centroids) == auto_partitions(len(vectors))
+    assert {ref.partition for ref in manifest.segments} <= set(range(len(centroids)))
+    reader = make_app(url, tmp_path, role="search")
+    probes = {t: centroids.probes_for(t) for t in (0.9, 0.95, 0.99)}
+    assert probes[0.9] <= probes[0.95] <= probes[0.99]
+    for target in (0.9, 0.95, 0.99):
+        assert _recall(reader, vectors, queries, recall_target=target) >= target
+
+
+def test_auto_partitions_and_calibrated_probes_on_a_generated_set(tmp_path: Path):
+    """The same without the shared data: 64 overlapping clusters in 32 dimensions
+    (neighbours straddle partition boundaries), queries drawn from the same
+    clusters but never ingested. Each target is reached; a lower target
+    searches fewer partitions."""
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((64, 32)).astype(np.float32) * 1.5
+    vectors = _clustered(rng, centres, 20_000)
+    queries = _clustered(rng, centres, 100)
+    url = f"file://{tmp_path / 'store'}"
+    writer = make_app(url, tmp_path)
+    declare(writer, dimension=32, partitions="auto", strategy="semantic")
+    _index(writer, vectors)
+    assert compact(writer.maintenance, "docs", force=True).status == "compacted"
+    manifest = Manifests(open_store(url), "docs").latest()
+    centroids = read_centroids(open_store(url), manifest.centroids)
+    assert len(centroids) == auto_partitions(len(vectors)) == 35
+    probes = {t: centroids.probes_for(t) for t in (0.9, 0.95)}
+    assert probes[0.9] < probes[0.95] < len(centroids)
+    for target in (0.9, 0.95):
+        reader, store = recording_reader(url, tmp_path, BRAINY_BACKGROUND_WARM="false")
+        payload = {"collection": "docs", "vector": queries[0].tolist(), "recall_target": target}
+        reader.search(payload)
+        assert len(_downloads(store)) == probes[target]
+        assert _recall(reader, vectors, queries, recall_target=target) >= target
+
+
+@pytest.mark.parametrize("metric", ["angular", "euclidean", "dot"])
+def test_partitions_are_scanned_in_the_reduced_basis_and_keep_recall(tmp_path: Path, metric):
+    """A collection of 128 dimensions trains a 32-d basis with its centroids; a
+    partition of more than REDUCED_MIN_ROWS rows is then scanned in it and its
+    best candidates re-ranked in full: recall stays at the target for every
+    metric (a wrong reduced score, e.g. euclidean without -|x|², would not)."""
+    rng = np.random.default_rng(11)
+    # Correlated data, like real embeddings: a few strong directions.
+    mixing = rng.standard_normal((128, 128)).astype(np.float32) * np.geomspace(3, 0.1, 128)
+    vectors = rng.standard_normal((12_000, 128)).astype(np.float32) @ mixing.T
+    queries = rng.standard_normal((60, 128)).astype(np.float32) @ mixing.T
+    url = f"file://{tmp_path / 'store'}"
+    writer = make_app(url, tmp_path)
+    declare(writer, dimension=128, metric=metric, partitions=4, strategy="semantic")
+    _index(writer, vectors)
+    assert compact(writer.maintenance, "docs", force=True).status == "compacted"
+    manifest = Manifests(open_store(url), "docs").latest()
+    centroids = read_centroids(open_store(url), manifest.centroids)
+    assert centroids.basis is not None and centroids.basis.shape == (128, 32)
+    assert min(ref.count for ref in manifest.segments) > REDUCED_MIN_ROWS
+    reader = make_app(url, tmp_path, role="search")
+    if metric == "angular":
+        truth_scores = queries @ (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).T
+    elif metric == "dot":
+        truth_scores = queries @ vectors.T
+    else:
+        truth_scores = -((queries[:, None, :] - vectors[None]) ** 2).sum(-1)
+    truth = np.argsort(-truth_scores, axis=1)[:, :10]
+    found = 0
+    for q, best in zip(queries, truth, strict=True):
+        payload = {"collection": "docs", "vector": q.tolist(), "k": 10, "recall_target": 0.95}
+        found += len(set(best.tolist()) & {int(h.id) for h in reader.search(payload).hits})
+    assert found / truth.size >= 0.95
+    cached = reader.searcher.cache.get_many([r for r in manifest.segments if r.live])
+    assert any(seg._reduced is not None for seg in cached)

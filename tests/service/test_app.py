@@ -139,8 +139,13 @@ def test_semantic_strategy_is_accepted_with_nprobe_and_an_unknown_one_is_refused
     store.put("_brainy/config.json", json.dumps({"collections": {"docs": docs}}).encode())
     settings, _ = load_settings({"BRAINY_STORE": "memory://semantic"})
     assert settings.collections["docs"].strategy == "semantic"
-    assert settings.collections["docs"].probes == 3
+    assert settings.collections["docs"].probes(16) == 3
     for bad, match in (
+        ({**docs, "partitions": "auto", "strategy": "hash"}, r'docs\.partitions: "auto" needs'),
+        (
+            {**docs, "partitions": "many"},
+            r'docs\.partitions: expected an integer in \[1, 4096\] or "auto"',
+        ),
         ({**docs, "strategy": "ivf"}, r"docs\.strategy: expected one of \['hash', 'semantic'\]"),
         ({**docs, "nprobe": 17}, r"docs\.nprobe: expected an integer in \[1, 16\]"),
         ({**docs, "nprobe": 0}, r"docs\.nprobe: expected an integer in \[1, 16\]"),
@@ -149,6 +154,16 @@ def test_semantic_strategy_is_accepted_with_nprobe_and_an_unknown_one_is_refused
         store.put("_brainy/config.json", json.dumps({"collections": {"docs": bad}}).encode())
         with pytest.raises(ConfigError, match=match):
             load_settings({"BRAINY_STORE": "memory://semantic"})
+
+
+def test_auto_partitions_are_accepted_for_a_semantic_collection():
+    store = open_store("memory://auto")
+    docs = {"dimension": 4, "strategy": "semantic", "partitions": "auto", "nprobe": 200}
+    store.put("_brainy/config.json", json.dumps({"collections": {"docs": docs}}).encode())
+    settings, _ = load_settings({"BRAINY_STORE": "memory://auto"})
+    schema = settings.collections["docs"]
+    assert schema.partitions == "auto" and schema.fixed_partitions is None
+    assert schema.probes(64) == 64 and schema.probes(500) == 200
 
 
 def test_cold_starts_sharing_an_instance_id_all_pass_the_conditional_write_probe(

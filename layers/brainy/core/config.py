@@ -27,6 +27,7 @@ METRICS = ("angular", "euclidean", "dot")
 # hash: xxh64 of the id picks the partition (every search probes them all);
 # semantic: the nearest centroid does (a search probes `nprobe`), DESIGN §6.
 STRATEGIES = ("hash", "semantic")
+AUTO = "auto"
 MODES = ("read-only", "write-only", "read-write")
 ROLES = ("search", "ingest", "indexer", "compactor", "bluesky", "github", "cli")
 DEFAULT_MODE = {
@@ -98,7 +99,7 @@ class CollectionSchema:
     name: str
     dimension: int
     metric: str = "angular"
-    partitions: int = 1
+    partitions: int | str = 1  # or "auto" (semantic only)
     strategy: str = "hash"
     seed: int = 0
     hash: str = "xxh64"
@@ -108,20 +109,27 @@ class CollectionSchema:
     exact_threshold: int = 10_000
     nprobe: int | None = None
 
-    @property
-    def probes(self) -> int:
-        """Partitions a search of a semantic collection probes: `nprobe`, or by
-        default ceil(3 * sqrt(partitions)), capped at the partition count.
+    def probes(self, partitions: int) -> int:
+        """Partitions a search of a semantic collection of `partitions` probes when
+        its centroids carry no calibration: `nprobe`, or ceil(3 * sqrt(partitions)),
+        capped at the partition count.
 
         Measured on 30,000 real 384-d MiniLM vectors (bench/partitions.py,
         recall@10 through `Brainy.search`): partitions // 8 probes reach only 0.61
         to 0.92 (8 to 128 partitions); 3 * sqrt(partitions) reaches 0.993, 0.968
-        and 0.957 at 16, 64 and 128 partitions (12, 24 and 34 probed). Fewer
-        probes trade recall for speed: set `nprobe`.
+        and 0.957 at 16, 64 and 128 partitions (12, 24 and 34 probed). Centroids
+        trained since carry the probes each recall level needs, measured at
+        training (see `brainy.format.calibration.calibrate_probes`).
         """
         if self.nprobe is not None:
-            return min(self.nprobe, self.partitions)
-        return min(self.partitions, math.ceil(3 * math.sqrt(self.partitions)))
+            return min(self.nprobe, partitions)
+        return min(partitions, math.ceil(3 * math.sqrt(partitions)))
+
+    @property
+    def fixed_partitions(self) -> int | None:
+        """The configured partition count; None for `"auto"` (decided at the
+        first compaction, then fixed by the centroids)."""
+        return None if self.partitions == AUTO else int(self.partitions)
 
     @classmethod
     def from_dict(cls, name: str, raw: Any, key: str | None = None) -> CollectionSchema:
@@ -136,6 +144,12 @@ class CollectionSchema:
         if "dimension" not in raw:
             raise ConfigError(f"{key}.dimension: required")
         values = {k: v for k, v in raw.items() if k != "name"}
+        auto = values.get("partitions") == AUTO
+        if auto and values.get("strategy", "hash") != "semantic":
+            raise ConfigError(
+                f'{key}.partitions: "auto" needs strategy "semantic" (hash partitions are '
+                "fixed by the id's hash, so their count cannot follow the collection's size)"
+            )
         for int_key, low, high in (
             ("dimension", 1, 65_536),
             ("partitions", 1, 4096),
@@ -144,15 +158,17 @@ class CollectionSchema:
             ("search_k_factor", 1, 100_000),
             ("exact_threshold", 0, 10_000_000),
         ):
-            if int_key in values:
+            if int_key in values and not (int_key == "partitions" and auto):
                 v = values[int_key]
                 if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
                     raise ConfigError(
-                        f"{key}.{int_key}: expected an integer in [{low}, {high}], got {v!r}"
+                        f"{key}.{int_key}: expected an integer in [{low}, {high}]"
+                        + (' or "auto"' if int_key == "partitions" else "")
+                        + f", got {v!r}"
                     )
         nprobe = values.get("nprobe")
         if nprobe is not None:
-            partitions = values.get("partitions", 1)
+            partitions = 4096 if auto else values.get("partitions", 1)
             if (
                 isinstance(nprobe, bool)
                 or not isinstance(nprobe, int)

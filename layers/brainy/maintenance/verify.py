@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brainy.core.config import AUTO
 from brainy.format.batch import Batch, CorruptBatch
 from brainy.format.centroids import CorruptCentroids, read_centroids
 from brainy.format.deletes import CorruptDeletionFile
@@ -166,9 +167,16 @@ def _check_centroids(
     except CorruptCentroids as e:
         report.add(CORRUPT_CENTROIDS, key, str(e))
         return
-    want = (manifest.schema.get("partitions"), manifest.schema.get("dimension"))
-    if centroids.shape != want:
-        report.add(CORRUPT_CENTROIDS, key, f"shape {centroids.shape}, schema says {want}")
+    shape = centroids.matrix.shape
+    partitions = manifest.schema.get("partitions")
+    # "auto": the count was decided at training; any is consistent.
+    want = (shape[0] if partitions == AUTO else partitions, manifest.schema.get("dimension"))
+    if shape != want:
+        report.add(CORRUPT_CENTROIDS, key, f"shape {shape}, schema says {want}")
+    # Partitions the segments name must exist among the centroids.
+    beyond = sorted({r.partition for r in manifest.segments if (r.partition or 0) >= shape[0]})
+    if beyond:
+        report.add(CORRUPT_CENTROIDS, key, f"{shape[0]} centroids, segments in partition {beyond}")
 
 
 def _check_segment(
