@@ -44,28 +44,18 @@ import json
 import multiprocessing
 import os
 import resource
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-# The in-process reference runs with the function's BLAS setting (one thread:
-# functions/search/main.py), which holds only if numpy loads after this line, as it
-# does under `python -m bench.http`; the results record what held.
-HARNESS_BLAS = (
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    if "numpy" not in sys.modules
-    else f"numpy loaded before: {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}"
-)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bench.procs import REPO, serve  # noqa: E402
-from brainy.core.config import CollectionSchema  # noqa: E402
-from brainy.maintenance.compaction import compact  # noqa: E402
-from brainy.service.app import Brainy  # noqa: E402
+from bench.procs import REPO, serve
+from brainy.core.config import CollectionSchema
+from brainy.maintenance.compaction import compact
+from brainy.service.app import Brainy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PYPI = Path("/work/shared/data/pypi-minilm.npz")
@@ -303,7 +293,8 @@ def run(
         "small_rows": SMALL,
         "data": source,
         "cpus": os.cpu_count(),
-        "harness_openblas_threads": HARNESS_BLAS,
+        # BLAS threads spin between calls: in-process and server figures depend on them.
+        "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
         "setup_seconds": round(time.perf_counter() - started, 1),
         "runs": [],
     }

@@ -1,16 +1,7 @@
 """search — read-only HTTP function: `POST /search` answers k nearest neighbours;
 `POST /warmup` fills the cache ahead of queries."""
 
-import os
 import time
-
-# numpy's BLAS on one thread per request: a query's products are small (k rows
-# re-scored, or a segment under the exact threshold), its parallelism comes from
-# concurrent requests and segments, and BLAS threads that spin-wait between calls
-# fight requests for the cores (a 2,000-row search took 0.6 ms or 16 ms depending
-# on the machine's load; see bench/README.md, "http"). Set before numpy loads;
-# an operator's own setting wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import functions_framework
 from flask import Request, Response
