@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint format clean
+.PHONY: demo test test-fast bench lint format clean package
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: $(STAMP)
 		echo "== bench/$$name"; \
 		$(BIN)/python -m bench.$$name $(BENCH_ARGS); \
 	done
+
+# The Lambda deployment package (infra/aws): build/brainy-lambda.zip, byte-identical
+# from one build to the next.
+package: $(STAMP)
+	$(BIN)/python infra/aws/package.py build/brainy-lambda.zip
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -138,3 +138,12 @@ def test_a_writing_instance_measures_at_start_up(tmp_path: Path) -> None:
 def test_clock_settings_are_validated_by_name(var: str) -> None:
     with pytest.raises(ConfigError, match=f"{var}: expected a duration"):
         load_settings({"BRAINY_STORE": "memory://clock-settings", var: "soon"})
+
+
+def test_a_gc_grace_of_zero_is_refused_by_name() -> None:
+    """Half the grace bounds how old an upload may be at its commit (older ones are
+    made again): at 0 an indexer would upload forever and never commit."""
+    with pytest.raises(ConfigError, match="BRAINY_GC_GRACE: must be more than 0"):
+        load_settings({"BRAINY_STORE": "memory://gc-grace", "BRAINY_GC_GRACE": "0"})
+    settings, _ = load_settings({"BRAINY_STORE": "memory://gc-grace", "BRAINY_GC_GRACE": "2s"})
+    assert settings.gc_grace == 2.0

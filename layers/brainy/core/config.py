@@ -358,6 +358,18 @@ def parse_duration(value: Any, key: str) -> float:
     )
 
 
+def _positive_duration(value: Any, key: str) -> float:
+    """A duration above zero: `gc_grace`, whose half bounds how old an upload may
+    be at its commit (an older one is uploaded again), so 0 would never commit."""
+    seconds = parse_duration(value, key)
+    if seconds <= 0:
+        raise ConfigError(
+            f"{key}: must be more than 0 (an upload older than half of it is made again "
+            f"before its commit, so 0 would never commit), got {value!r}"
+        )
+    return seconds
+
+
 _PARSERS = {
     "cache_dir": _text,
     "cache_size": parse_size,
@@ -375,7 +387,7 @@ _PARSERS = {
     "recall_sample": _float_in(0.0, 1.0),
     "retention": parse_duration,
     "batch_retention": parse_duration,
-    "gc_grace": parse_duration,
+    "gc_grace": _positive_duration,
     "tombstone_grace": parse_duration,
     "lease_ttl": parse_duration,
     "compact_min_segments": _int_in(2, 10_000),
