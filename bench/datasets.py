@@ -176,6 +176,25 @@ class Mixture:
         return draw
 
 
+def _mixture(source: Path, seed: int, workdir: Path) -> Mixture:
+    """The mixture fitted on the real vectors, cached: its k-means is most of the cost
+    of a small set, and the same for every size."""
+    path = (
+        workdir
+        / "datasets"
+        / f"mixture-fit-{MIXTURE_CLUSTERS}-seed{seed}-{_fingerprint(source)}.npz"
+    )
+    if path.exists():
+        with np.load(path) as saved:
+            return Mixture(saved["means"], saved["weights"], saved["root"])
+    mixture = Mixture.fit(load_real(source)[0], MIXTURE_CLUSTERS, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, means=mixture.means, weights=mixture.weights, root=mixture.root)
+    partial.rename(path)
+    return mixture
+
+
 def _fingerprint(source: Path) -> str:
     return hashlib.sha256(source.read_bytes()).hexdigest()[:16]
 
@@ -207,11 +226,7 @@ def generated(
     folder = workdir / "datasets" / key
     if not (folder / "meta.json").exists():
         real, _ = load_real(source)
-        draw = (
-            gaussian(real)
-            if name == "gaussian"
-            else Mixture.fit(real, MIXTURE_CLUSTERS, seed).generator()
-        )
+        draw = gaussian(real) if name == "gaussian" else _mixture(source, seed, workdir).generator()
         out = np.empty((rows + queries, real.shape[1]), dtype=np.float32)
         draw(np.random.default_rng(seed), out)
         base, held_out = out[:rows], out[rows:]

@@ -1,0 +1,107 @@
+"""What `make bench` writes besides bench.json: the recall/latency plot and the
+Markdown summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+MARKERS = {
+    "brainy": "o",
+    "exact-numpy": "*",
+    "annoy": "s",
+    "lancedb-ivf-pq": "^",
+    "lancedb-ivf-hnsw-sq": "v",
+}
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """recall@10 against p50 latency (log), one panel per data set, one line per
+    system; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sets = [name for name, systems in results["systems"].items() if systems]
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], sets, strict=True):
+        for system, run in results["systems"][name].items():
+            points = sorted(run.get("points", []), key=lambda p: p["p50_ms"])
+            if points:
+                ax.plot(
+                    [p["p50_ms"] for p in points],
+                    [p["recall_at_10"] for p in points],
+                    marker=MARKERS.get(system, "."),
+                    label=system,
+                )
+        info = results["datasets"][name]
+        ax.set_title(f"{name}: {info['rows']:,} x {info['dimension']}")
+        ax.set_xscale("log")
+        ax.set_xlabel("p50 latency per query (ms, log)")
+        ax.set_ylabel("recall@10")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _setting(setting: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in setting.items()) or "-"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The figures as Markdown tables."""
+    lines = [f"# make bench — {results['started']} ({results['git']['commit'][:10]})", ""]
+    machine = results["machine"]
+    lines += [
+        f"{machine['cpus']} CPUs ({machine['cpu']}), {machine['memory_gb']} GB; load average "
+        f"{machine['load_before']} before, {machine['load_after']} after the run.",
+        "",
+        "| data | system | setting | recall@10 | p50 ms | p95 ms | queries | build s | on disk |",
+        "|" + " --- |" * 9,
+    ]
+    for name, systems in results["systems"].items():
+        for system, run in systems.items():
+            if "skipped" in run or "error" in run:
+                reason = run.get("skipped") or run.get("error")
+                lines.append(f"| {name} | {system} | {reason} |" + " |" * 6)
+                continue
+            build = run["build"]
+            for p in run["points"]:
+                lines.append(
+                    f"| {name} | {system} | {_setting(p['setting'])} | {p['recall_at_10']:.3f} "
+                    f"| {p['p50_ms']:.2f} | {p['p95_ms']:.2f} | {p['queries']} "
+                    f"| {build['seconds']:.1f} | {_mb(build['bytes'])} |"
+                )
+    lines += ["", "## Throughput and latency beyond one query", ""]
+    lines += [f"* **{key}**: `{_short(value)}`" for key, value in _extras(results)]
+    lines += ["", "## Time per stage", "", "| stage | seconds |", "| --- | --- |"]
+    lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in results["stages"].items()]
+    lines.append(f"| **total** | **{results['total_s']:.1f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def _extras(results: dict[str, Any]) -> list[tuple[str, Any]]:
+    out = [(f"qps {name}", value) for name, value in results.get("qps", {}).items()]
+    out += [(f"cold first query {name}", v) for name, v in results.get("coldstart", {}).items()]
+    for key in ("store_requests", "http", "ingest", "functions"):
+        if key in results:
+            out.append((key, results[key]))
+    return out
+
+
+def _short(value: Any, limit: int = 600) -> str:
+    import json
+
+    text = json.dumps(value, separators=(", ", ": "))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
