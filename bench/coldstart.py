@@ -136,11 +136,14 @@ def measure(
     return out
 
 
-def copy_store(src_url: str, dst_url: str) -> None:
-    """Copy every object of one store into another (e.g. a local folder into S3)."""
+def copy_store(src_url: str, dst_url: str, batches: bool = True) -> None:
+    """Copy every object of one store into another (e.g. a local folder into S3);
+    without the ingested batches (`<collection>/wal/`) when `batches` is false: a
+    search never reads them."""
     src, dst = open_store(src_url, read_only=True), open_store(dst_url)
     for info in src.list(""):
-        dst.put(info.key, src.get(info.key).data)
+        if batches or "/wal/" not in info.key:
+            dst.put(info.key, src.get(info.key).data)
     src.close()
     dst.close()
 

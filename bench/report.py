@@ -1,8 +1,14 @@
 """What `make bench` writes besides bench.json: the recall/latency plot and the
-Markdown summary."""
+Markdown summary.
+
+`python -m bench.report [bench/results/bench.json]` renders them again from a
+bench.json, also one an interrupted run left (`"partial": true`).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,13 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    sets = [name for name, systems in results["systems"].items() if systems]
+    sets = [
+        name
+        for name, systems in results["systems"].items()
+        if any(run.get("points") for run in systems.values())
+    ]
+    if not sets:
+        return False
     fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4.5), squeeze=False)
     for ax, name in zip(axes[0], sets, strict=True):
         for system, run in results["systems"][name].items():
@@ -65,7 +77,8 @@ def summary(results: dict[str, Any]) -> str:
     machine = results["machine"]
     lines += [
         f"{machine['cpus']} CPUs ({machine['cpu']}), {machine['memory_gb']} GB; load average "
-        f"{machine['load_before']} before, {machine['load_after']} after the run.",
+        f"{machine['load_before']} before, {machine.get('load_after', '-')} after the run"
+        + (" (interrupted: partial figures)." if results.get("partial") else "."),
         "",
         "| data | system | setting | recall@10 | p50 ms | p95 ms | queries | build s | on disk |",
         "|" + " --- |" * 9,
@@ -87,7 +100,8 @@ def summary(results: dict[str, Any]) -> str:
     lines += [f"* **{key}**: `{_short(value)}`" for key, value in _extras(results)]
     lines += ["", "## Time per stage", "", "| stage | seconds |", "| --- | --- |"]
     lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in results["stages"].items()]
-    lines.append(f"| **total** | **{results['total_s']:.1f}** |")
+    total = results.get("total_s", sum(results["stages"].values()))
+    lines.append(f"| **total** | **{total:.1f}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -101,7 +115,18 @@ def _extras(results: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def _short(value: Any, limit: int = 600) -> str:
-    import json
-
     text = json.dumps(value, separators=(", ", ": "))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def main(argv: list[str]) -> None:
+    path = Path(argv[0]) if argv else Path(__file__).resolve().parent / "results" / "bench.json"
+    results = json.loads(path.read_text())
+    plot(results, path.with_name("recall_latency.png"))
+    text = summary(results)
+    path.with_name("summary.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

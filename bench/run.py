@@ -274,7 +274,7 @@ def cold(system: BrainySystem, data: datasets.Dataset, work: Path) -> dict[str, 
     out = {"file": coldstart.measure(system.url, work / "file", queries, COLLECTION)}
     with fn_bench.moto_bucket(work / "logs") as (s3_url, _):
         began = time.perf_counter()
-        coldstart.copy_store(system.url, s3_url)
+        coldstart.copy_store(system.url, s3_url, batches=False)
         out["copy_to_s3_s"] = round(time.perf_counter() - began, 1)
         out["s3_moto"] = coldstart.measure(s3_url, work / "s3", queries, COLLECTION)
     return out
