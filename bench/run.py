@@ -15,7 +15,8 @@ Writes `bench/results/bench.json` (everything, with the machine and the git comm
 summary with the time each stage took. A stage that fails is recorded with its error
 and the run goes on; the exit status is then 1.
 
-Run: `python -m bench.run [--quick] [--rows 1000000] [--datasets real gaussian mixture]
+Run: `python -m bench.run [--quick] [--rows 1000000] [--queries N]
+[--datasets real gaussian mixture]
 [--systems ...] [--skip qps cold functions http ingest] [--workdir DIR]`.
 """
 
@@ -34,7 +35,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: about 2 minutes")
     parser.add_argument("--rows", type=int, help="rows of each generated set (default 1M)")
+    parser.add_argument("--queries", type=int, help="at most this many queries per set")
     parser.add_argument("--datasets", nargs="+", default=["real", "gaussian", "mixture"])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--skip", nargs="*", default=[], choices=EXTRA_STAGES)
@@ -294,7 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
     if args.rows:
-        plan = Plan(**{**asdict(plan), "rows": args.rows})
+        plan = replace(plan, rows=args.rows)
+    if args.queries:
+        plan = replace(
+            plan,
+            real_queries=min(plan.real_queries, args.queries),
+            generated_queries=min(plan.generated_queries, args.queries),
+        )
     names = list(args.systems)
     if not lancedb_available():
         print("LanceDB is not installed (pip install -e '.[bench]'): its systems are skipped")
