@@ -96,8 +96,9 @@ def summary(results: dict[str, Any]) -> str:
                     f"| {p['p50_ms']:.2f} | {p['p95_ms']:.2f} | {p['queries']} "
                     f"| {build['seconds']:.1f} | {_mb(build['bytes'])} |"
                 )
-    lines += ["", "## Throughput and latency beyond one query", ""]
-    lines += [f"* **{key}**: `{_short(value)}`" for key, value in _extras(results)]
+    lines += ["", "## Brainy around the query (default setting)", "", *_around(results)]
+    lines += ["", "## Through the functions and the other benches", ""]
+    lines += [f"* **{key}**: `{_short(results[key])}`" for key in _OTHER if key in results]
     lines += ["", "## Time per stage", "", "| stage | seconds |", "| --- | --- |"]
     lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in results["stages"].items()]
     total = results.get("total_s", sum(results["stages"].values()))
@@ -105,13 +106,39 @@ def summary(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _extras(results: dict[str, Any]) -> list[tuple[str, Any]]:
-    out = [(f"qps {name}", value) for name, value in results.get("qps", {}).items()]
-    out += [(f"cold first query {name}", v) for name, v in results.get("coldstart", {}).items()]
-    for key in ("store_requests", "http", "ingest", "functions"):
-        if key in results:
-            out.append((key, results[key]))
-    return out
+_OTHER = ("functions", "http", "ingest", "store_requests")
+
+
+def _cold(measured: dict[str, Any], store: str) -> str:
+    if store not in measured:
+        return "-"
+    first, total = measured[store]["first_query"], measured[store]["collection"]
+    return (
+        f"{first['seconds']:.2f} s ({first['segments']}/{total['segments']} segments, "
+        f"{_mb(first['bytes'])})"
+    )
+
+
+def _around(results: dict[str, Any]) -> list[str]:
+    """QPS, warm requests and the cold first query per data set, as one table."""
+    lines = [
+        "| data | QPS 1 thread | QPS 2 threads (p50 / p99 ms) | store requests per warm query "
+        "| cold first query, file | cold first query, moto S3 |",
+        "|" + " --- |" * 6,
+    ]
+    for name in results.get("datasets", {}):
+        extras = results.get("qps", {}).get(name, {})
+        cold = results.get("coldstart", {}).get(name, {})
+        if not extras and not cold:
+            continue
+        one, two = (extras.get("qps") or [{}, {}])[:2]
+        lines.append(
+            f"| {name} | {one.get('qps', '-')} | {two.get('qps', '-')} "
+            f"({two.get('p50_ms', '-')} / {two.get('p99_ms', '-')}) "
+            f"| {extras.get('warm_query_store_requests', '-') or 0} "
+            f"| {_cold(cold, 'file')} | {_cold(cold, 's3_moto')} |"
+        )
+    return lines
 
 
 def _short(value: Any, limit: int = 600) -> str:

@@ -186,7 +186,7 @@ def systems_for(names: list[str], rows: int) -> list[System]:
             [{"nprobes": max(1, pq // 64)}]
             + [
                 {"nprobes": max(low, pq // d), "refine_factor": 10}
-                for low, d in ((1, 64), (2, 16), (4, 8))
+                for low, d in ((1, 64), (2, 16), (4, 8), (8, 4))
             ],
         ),
         "lancedb-ivf-hnsw-sq": lambda: Lance(
@@ -194,7 +194,7 @@ def systems_for(names: list[str], rows: int) -> list[System]:
             hnsw,
             [
                 {"nprobes": max(low, hnsw // d), "ef": ef}
-                for low, d, ef in ((1, 16, 40), (2, 8, 80), (4, 4, 160))
+                for low, d, ef in ((1, 16, 40), (2, 8, 80), (4, 4, 160), (8, 2, 200))
             ],
         ),
     }
