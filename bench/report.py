@@ -29,6 +29,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib import ticker
     except ImportError:
         return False
     sets = [
@@ -52,6 +53,8 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         info = results["datasets"][name]
         ax.set_title(f"{name}: {info['rows']:,} x {info['dimension']}")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("p50 latency per query (ms, log)")
         ax.set_ylabel("recall@10")
         ax.grid(True, which="both", alpha=0.3)
