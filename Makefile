@@ -1,11 +1,11 @@
 # Two commands to try Brainy: `make demo` and `make test`. Each sets itself up.
-# `make bench` runs every benchmark in bench/ (figures: bench/results/<name>.json).
+# `make bench` compares Brainy with exact search, Annoy and LanceDB (bench/README.md).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint format clean package
+.PHONY: demo test test-fast bench bench-quick lint format clean package
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,18 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -ra -m "not slow"
 
-# Each bench/<name>.py runs as `python -m bench.<name>` and writes its own
-# bench/results/<name>.json. `make bench BENCH=firehose BENCH_ARGS="--commits 5000"`
-# runs one benchmark with its own arguments.
-BENCH ?= $(filter-out __init__,$(basename $(notdir $(wildcard bench/*.py))))
-bench: $(STAMP)
+# `make bench` runs the orchestrator, bench/run.py: every system on every data set,
+# figures in bench/results/ (bench.json, summary.md, recall_latency.png); ~20 min on
+# 2 cores. `make bench-quick` (or `make bench BENCH_ARGS=--quick`) runs it small, ~2 min.
+# `make bench BENCH=firehose BENCH_ARGS="--commits 5000"` runs one per-topic bench/<name>.py.
+BENCH ?= run
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	@set -e; for name in $(BENCH); do \
 		echo "== bench/$$name"; \
 		$(BIN)/python -m bench.$$name $(BENCH_ARGS); \
@@ -37,6 +44,9 @@ bench: $(STAMP)
 # from one build to the next.
 package: $(STAMP)
 	$(BIN)/python infra/aws/package.py build/brainy-lambda.zip
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

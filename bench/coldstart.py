@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -37,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.functions import moto_bucket
+from bench.systems import brainy_app
 from brainy.core.config import CollectionSchema
 from brainy.maintenance.compaction import compact
 from brainy.service.app import Brainy
@@ -44,27 +44,14 @@ from brainy.storage import open_store
 from brainy.table.manifest import Manifest, Manifests
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TESTS = Path(__file__).resolve().parents[1] / "tests"
 COLLECTION = "docs"
-
-
-def _app(url: str, cache: Path, role: str = "cli", **env: str) -> Brainy:
-    full = {
-        "BRAINY_STORE": url,
-        "BRAINY_ROLE": role,
-        "BRAINY_CACHE_DIR": str(cache),
-        "BRAINY_REFRESH_INTERVAL": "3600",
-        **({"BRAINY_MODE": "read-only"} if role == "search" else {}),
-        **env,
-    }
-    return Brainy.from_env(role, {**os.environ, **full})
 
 
 def _build(url: str, work: Path, rows: int, dim: int, partitions: int) -> np.ndarray:
     """The collection, compacted into semantic partitions; returns some queries."""
     rng = np.random.default_rng(7)
     centres = rng.standard_normal((partitions, dim)).astype(np.float32) * 3
-    writer = _app(url, work / "writer-cache")
+    writer = brainy_app(url, work / "writer-cache")
     writer.create_collection(
         CollectionSchema(
             COLLECTION, dimension=dim, metric="angular", partitions=partitions, strategy="semantic"
@@ -85,9 +72,9 @@ def _build(url: str, work: Path, rows: int, dim: int, partitions: int) -> np.nda
     return queries.astype(np.float32)
 
 
-def _newest(url: str) -> Manifest:
+def _newest(url: str, collection: str) -> Manifest:
     store = open_store(url, read_only=True)
-    manifest = Manifests(store, COLLECTION).latest()
+    manifest = Manifests(store, collection).latest()
     store.close()
     assert manifest is not None
     return manifest
@@ -98,25 +85,29 @@ def _cached_bytes(app: Brainy, manifest: Manifest) -> tuple[int, int]:
     return len(refs), sum(ref.bytes for ref in refs)
 
 
-def _query(app: Brainy, vector: np.ndarray) -> float:
+def _query(app: Brainy, vector: np.ndarray, collection: str) -> float:
     started = time.perf_counter()
-    app.search({"collection": COLLECTION, "vector": vector.tolist(), "k": 10})
+    app.search({"collection": collection, "vector": vector.tolist(), "k": 10})
     return time.perf_counter() - started
 
 
-def _measure(url: str, work: Path, queries: np.ndarray) -> dict[str, Any]:
-    manifest = _newest(url)
+def measure(
+    url: str, work: Path, queries: np.ndarray, collection: str = COLLECTION
+) -> dict[str, Any]:
+    """A fresh instance's first query, warm query, warm-up and background warming on
+    the collection at `url` (see the module's docstring)."""
+    manifest = _newest(url, collection)
     live = [ref for ref in manifest.segments if ref.live > 0]
     out: dict[str, Any] = {
         "collection": {"segments": len(live), "bytes": sum(ref.bytes for ref in live)},
     }
 
-    reader = _app(url, work / "cold", "search", BRAINY_BACKGROUND_WARM="false")
+    reader = brainy_app(url, work / "cold", "search", BRAINY_BACKGROUND_WARM="false")
     requests: Counter[str] = Counter()
     reader.store.add_observer(lambda kind: requests.update([kind]))
-    seconds = _query(reader, queries[0])
+    seconds = _query(reader, queries[0], collection)
     segments, fetched = _cached_bytes(reader, manifest)
-    warm = [_query(reader, queries[0]) for _ in range(20)]
+    warm = [_query(reader, queries[0], collection) for _ in range(20)]
     out["first_query"] = {
         "seconds": round(seconds, 4),
         "requests": dict(requests),
@@ -126,14 +117,14 @@ def _measure(url: str, work: Path, queries: np.ndarray) -> dict[str, Any]:
     out["warm_query_p50_ms"] = round(statistics.median(warm) * 1000, 3)
     reader.close()
 
-    reader = _app(url, work / "warmup", "search", BRAINY_BACKGROUND_WARM="false")
-    [report] = reader.warmup({"collection": COLLECTION})
+    reader = brainy_app(url, work / "warmup", "search", BRAINY_BACKGROUND_WARM="false")
+    [report] = reader.warmup({"collection": collection})
     out["warmup"] = report.to_dict()
     reader.close()
 
-    reader = _app(url, work / "background", "search")
+    reader = brainy_app(url, work / "background", "search")
     started = time.perf_counter()
-    first = _query(reader, queries[1])
+    first = _query(reader, queries[1], collection)
     while _cached_bytes(reader, manifest)[0] < len(live) and time.perf_counter() - started < 600:
         time.sleep(0.01)
     out["background"] = {
@@ -145,10 +136,14 @@ def _measure(url: str, work: Path, queries: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def _copy(src_url: str, dst_url: str) -> None:
+def copy_store(src_url: str, dst_url: str, batches: bool = True) -> None:
+    """Copy every object of one store into another (e.g. a local folder into S3);
+    without the ingested batches (`<collection>/wal/`) when `batches` is false: a
+    search never reads them."""
     src, dst = open_store(src_url, read_only=True), open_store(dst_url)
     for info in src.list(""):
-        dst.put(info.key, src.get(info.key).data)
+        if batches or "/wal/" not in info.key:
+            dst.put(info.key, src.get(info.key).data)
     src.close()
     dst.close()
 
@@ -171,22 +166,13 @@ def main() -> None:
         started = time.perf_counter()
         queries = _build(url, work, args.rows, args.dim, args.partitions)
         results["build_seconds"] = round(time.perf_counter() - started, 1)
-        results["file"] = _measure(url, work / "file", queries)
+        results["file"] = measure(url, work / "file", queries)
         print(json.dumps({"file": results["file"]}, indent=2))
         if not args.no_s3:
-            # The test helpers start moto on a free loopback port and make its buckets.
-            sys.path.insert(0, str(TESTS))
-            from servers import emulator_env, new_store_url, start_moto
-
-            moto = start_moto()
-            try:
-                os.environ.update(emulator_env(s3=moto))
-                s3_url = new_store_url("s3", work)
-                _copy(url, s3_url)
-                results["s3_moto"] = _measure(s3_url, work / "s3", queries)
+            with moto_bucket(work / "logs") as (s3_url, _):
+                copy_store(url, s3_url)
+                results["s3_moto"] = measure(s3_url, work / "s3", queries)
                 print(json.dumps({"s3_moto": results["s3_moto"]}, indent=2))
-            finally:
-                moto.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
