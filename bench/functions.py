@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,15 +32,9 @@ from urllib.parse import quote_plus
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-LOOPBACK = "127.0.0.1"
+from bench.procs import LOOPBACK, REPO, free_port, stop_group
+
 COLLECTION = "fresh"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -55,14 +47,7 @@ class Served:
     log: IO[bytes]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process)
         self.log.close()
 
     def request(self, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, Any]:
