@@ -245,7 +245,7 @@ def qps(search: Search, queries: list[Any], threads: int, seconds: float) -> dic
 def brainy_extras(system: BrainySystem, data: datasets.Dataset, plan: Plan) -> dict[str, Any]:
     """QPS at 1 and 2 threads and the store requests of a warm query, at the default
     setting (recall_target 0.95, default nprobe)."""
-    search = system.search({"recall_target": 0.95, "nprobe": system.schema.probes})
+    search = system.search({"recall_target": 0.95, "nprobe": None})
     queries = system.queries(data.queries)[:REQUEST_QUERIES]
     assert system.reader is not None
     before = Counter(system.reader.store.requests)

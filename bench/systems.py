@@ -38,6 +38,7 @@ import numpy as np
 
 from bench.datasets import Dataset, K, unit
 from brainy.core.config import CONFIG_KEY, CollectionSchema, ConfigError
+from brainy.format.centroids import read_centroids
 from brainy.format.segment import VectorChunks, _build_annoy
 from brainy.maintenance.compaction import compact
 from brainy.service.app import Brainy
@@ -281,10 +282,11 @@ def ingest_rows(app: Brainy, collection: str, base: np.ndarray, batch: int) -> d
     by the indexer as its event would; returns the seconds each took in all."""
     spent = {"ingest_s": 0.0, "index_s": 0.0}
     for start in range(0, len(base), batch):
-        vectors = np.asarray(base[start : start + batch], dtype=np.float32).tolist()
-        records = [{"id": str(start + i), "vector": v} for i, v in enumerate(vectors)]
+        vectors = np.asarray(base[start : start + batch], dtype=np.float32)
+        ids = [str(start + i) for i in range(len(vectors))]
         began = time.perf_counter()
-        key = app.ingest({"collection": collection, "records": records}).batch
+        # Columns, as `brainy ingest X.npy` hands them to the ingest code.
+        key = app.ingest_vectors(collection, ids, vectors).batch
         indexed = time.perf_counter()
         app.index_key(key)
         spent["ingest_s"] += indexed - began
@@ -326,23 +328,25 @@ class BrainySystem(System):
         manifest = Manifests(self.reader.store, COLLECTION).latest()
         assert manifest is not None
         self.schema = self.reader.require_schema(COLLECTION)
+        centroids = read_centroids(self.reader.store, manifest.centroids)
+        self.partitions = len(centroids)
         live = [ref for ref in manifest.segments if ref.live > 0]
         detail = {
             **{k: round(v, 2) for k, v in spent.items()},
             "vectors_per_s": round(len(data.base) / (spent["ingest_s"] + spent["index_s"])),
-            "partitions": self.schema.partitions,
-            "default_nprobe": self.schema.probes,
+            "partitions": self.partitions,
+            "calibrated_nprobe": centroids.calibration.get("nprobe"),
             "segments": len(live),
             "store_bytes": folder_bytes(folder / "store"),
         }
         return Built(seconds, sum(ref.bytes for ref in live), detail)
 
     def settings(self) -> list[dict[str, Any]]:
-        default = self.schema.probes
-        nprobes = sorted({n for n in self.nprobes if n < self.schema.partitions} - {default})
-        # The default nprobe last: the instance left open is then the default one, warm.
+        nprobes = sorted({n for n in self.nprobes if n < self.partitions})
+        # The default (probes calibrated per recall target: nprobe None) last: the
+        # instance left open is then the default one, warm.
         return [{"recall_target": 0.95, "nprobe": n} for n in nprobes] + [
-            {"recall_target": t, "nprobe": default} for t in TARGETS
+            {"recall_target": t, "nprobe": None} for t in TARGETS
         ]
 
     def queries(self, vectors: np.ndarray) -> list[Any]:
@@ -352,7 +356,7 @@ class BrainySystem(System):
         ]
 
     def search(self, setting: dict[str, Any]) -> Search:
-        nprobe = None if setting["nprobe"] == self.schema.probes else setting["nprobe"]
+        nprobe = setting["nprobe"]
         if self.reader is None or nprobe != self.nprobe:
             # An instance reads the shared configuration once, at its start: a fresh
             # one (on the same cache folder) sees the new nprobe, as a redeploy would.
