@@ -262,7 +262,9 @@ def partitions_for(rows: int) -> int | str:
     """The collection's partition count: `auto` where the product sizes it, else one
     partition per ~8,000 rows (the seed's 128 at 1M), at least 16."""
     try:
-        CollectionSchema.from_dict(COLLECTION, {"dimension": 8, "partitions": "auto"})
+        CollectionSchema.from_dict(
+            COLLECTION, {"dimension": 8, "partitions": "auto", "strategy": "semantic"}
+        )
         return "auto"
     except ConfigError:
         return max(16, min(1024, rows // 8_000))

@@ -193,27 +193,90 @@ PROBE_LEVELS = (0.80, 0.85, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 PROBE_QUERIES = 256
 
 
+def probe_queries(sample: np.ndarray, metric: str, seed: int) -> np.ndarray:
+    """`PROBE_QUERIES` queries shaped by `sample`: half midpoints of two rows
+    (between clusters), half draws from one Gaussian with the sample's mean and
+    covariance (no clusters at all). None is a row: measured against the whole
+    collection, a row would find itself."""
+    n = len(sample)
+    m = min(PROBE_QUERIES, n)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=m + m // 2, replace=n < m + m // 2))
+    queries, _ = _queries(sample, rows, metric, rng)
+    return queries[len(rows) // 3 :][:m]
+
+
+class Neighbours:
+    """The exact best `k` rows of fixed `queries`, kept as the partitions holding
+    them, over rows streamed a chunk at a time (a compaction's routing pass):
+    one matrix product per chunk."""
+
+    def __init__(self, queries: np.ndarray, metric: str, k: int = CALIBRATION_K) -> None:
+        self.metric = metric
+        self.queries = _normalise(queries) if metric == "angular" else queries
+        self.k = k
+        m = len(queries)
+        self.scores = np.full((m, 0), -np.inf, dtype=np.float32)
+        self.partitions = np.zeros((m, 0), dtype=np.int64)
+
+    def add(self, rows: np.ndarray, partitions: np.ndarray) -> None:
+        block = np.asarray(rows, dtype=np.float32)
+        if self.metric == "angular":
+            block = _normalise(block)
+        s = self.queries @ block.T
+        if self.metric == "euclidean":
+            s = 2 * s - np.einsum("ij,ij->i", block, block)[None, :]
+        s = np.concatenate([self.scores, s], axis=1)
+        p = np.concatenate(
+            [self.partitions, np.broadcast_to(partitions, s[:, -len(block) :].shape)], axis=1
+        )
+        take = min(self.k, s.shape[1])
+        best = np.argpartition(-s, take - 1, axis=1)[:, :take]
+        self.scores = np.take_along_axis(s, best, axis=1)
+        self.partitions = np.take_along_axis(p, best, axis=1)
+
+
+def probes_by_level(
+    queries: np.ndarray, truth: np.ndarray, centroids: np.ndarray, metric: str, margin: float
+) -> dict[str, int]:
+    """The probes reaching each of `PROBE_LEVELS`: a quantile of the rank, in each
+    query's centroid order, of the partition holding each of its true neighbours
+    (`truth`: queries x k partitions), taken with `margin` x the misses each
+    level allows (1: none spared)."""
+    partitions = len(centroids)
+    order = np.argsort(-centroid_scores(queries, centroids, metric), axis=1)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(partitions)[None, :], axis=1)
+    needed = np.sort(np.take_along_axis(rank, truth, axis=1).ravel() + 1)
+    out = {}
+    for level in PROBE_LEVELS:
+        quantile = 1 - (1 - level) * margin
+        out[level_key(level)] = int(
+            needed[min(needed.size, int(np.ceil(quantile * needed.size))) - 1]
+        )
+    return out
+
+
 def calibrate_probes(
     sample: np.ndarray, centroids: np.ndarray, metric: str, seed: int, rows: int | None = None
 ) -> dict[str, Any]:
     """The partitions a query must probe, nearest centroid first, for its true
-    `k` nearest neighbours to lie in them, at each of `PROBE_LEVELS`.
+    `k` nearest neighbours to lie in them, at each of `PROBE_LEVELS`, estimated
+    on the training sample alone (a compaction that streams every row measures
+    it exactly instead: see `Neighbours`).
 
-    Measured on the training sample itself: `PROBE_QUERIES` rows are held out as
-    queries (a third replaced by midpoints and Gaussian draws, as `_queries`
-    makes them: real queries need not sit on the data), their exact neighbours
-    found among the other rows, and each neighbour's partition ranked by the
-    query's centroid order. The probes reaching a level are a quantile of those
-    ranks, taken with half the misses each level allows (real queries came out
-    harder than held-out rows).
+    `PROBE_QUERIES` rows are held out as queries (a third replaced by midpoints
+    and Gaussian draws, as `_queries` makes them: real queries need not sit on
+    the data), their exact neighbours found among the other rows, and each
+    neighbour's partition ranked by the query's centroid order. The probes
+    reaching a level are a quantile of those ranks, taken with half the misses
+    each level allows (real queries came out harder than held-out rows).
 
     A sample is sparser than the collection of `rows` rows: its k-th neighbour
     lies about as far as the collection's (k x rows / sample)-th, farther from
     the query and nearer a partition boundary. So a sample of a larger
-    collection looks for the best k x sample / rows (at least 1) neighbours, as
-    far out as the collection's best k (measured on 200k Gaussian draws shaped
-    like MiniLM vectors, a 65k sample: looking for 10 asked 47 of 112 probes
-    for 0.95, where 0.985 was reached).
+    collection looks for the best k x sample / rows (at least 1) neighbours,
+    which still errs on the side of recall.
 
     Args:
         rows: the collection's live rows (None: the sample is all of them).
@@ -221,7 +284,7 @@ def calibrate_probes(
     Returns:
         `{"nprobe": {"0.9": probes, ...}, "sample": rows, "queries": m, "k": k}`.
     """
-    n, partitions = len(sample), len(centroids)
+    n = len(sample)
     m = min(PROBE_QUERIES, n // 4)
     k = min(CALIBRATION_K, n - m - 1)
     if m < 8 or k < 1:
@@ -235,18 +298,7 @@ def calibrate_probes(
         k = max(1, round(k * len(base) / rows))
     truth = _ground_truth(base, queries, np.full(m, -1), metric, k)
     labels = nearest_centroids(base, centroids, metric)
-    order = np.argsort(-centroid_scores(queries, centroids, metric), axis=1)
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(partitions)[None, :], axis=1)
-    # Probes each true neighbour needs: its partition's rank in the query's order.
-    needed = np.sort(np.take_along_axis(rank, labels[truth], axis=1).ravel() + 1)
-    # Recorded with half the misses each level allows: held-out rows are easier
-    # queries than real ones (measured on the shared MiniLM set, 64 partitions:
-    # the sample said 17 probes reach 0.95, its 500 real queries needed 19).
-    probes = {
-        level_key(level): int(
-            needed[min(needed.size, int(np.ceil((1 + level) / 2 * needed.size))) - 1]
-        )
-        for level in PROBE_LEVELS
-    }
+    # Half the misses: measured on the shared MiniLM set, 64 partitions, the
+    # sample said 17 probes reach 0.95, its 500 real queries needed 19.
+    probes = probes_by_level(queries, labels[truth], centroids, metric, margin=0.5)
     return {"nprobe": probes, "sample": int(n - m), "queries": int(m), "k": int(k)}
