@@ -161,6 +161,6 @@ def test_neighbours_streamed_in_chunks_are_the_exact_best(metric):
     else:
         s = -((queries[:, None, :] - rows[None]) ** 2).sum(-1)
     best = np.argsort(-s, axis=1)[:, :10]
-    same = (np.sort(found.partitions, axis=1) == np.sort(parts[best], axis=1)).all(axis=1)
+    same = (np.sort(found.labels, axis=1) == np.sort(parts[best], axis=1)).all(axis=1)
     # Float32 products may swap the 10th and 11th of a near tie (seen: 1 query in 256).
     assert same.sum() >= len(queries) - 2

@@ -54,28 +54,11 @@ def _ground_truth(
 ) -> np.ndarray:
     """The exact best `k` rows for each query, leaving out its `own` row (-1:
     none): one matrix product per chunk of rows, the best kept across chunks."""
-    n, m = vectors.shape[0], len(queries)
-    if metric == "angular":
-        queries = _normalise(queries)
-    best_s = np.full((m, 0), -np.inf, dtype=np.float32)
-    best_r = np.zeros((m, 0), dtype=np.int64)
-    for start in range(0, n, _GT_CHUNK):
-        block = np.ascontiguousarray(vectors[start : start + _GT_CHUNK], dtype=np.float32)
-        if metric == "angular":
-            block = _normalise(block)
-        s = queries @ block.T
-        if metric == "euclidean":
-            # -|b - q|² ranks as -L2 does; |q|² is constant per query.
-            s = 2 * s - np.einsum("ij,ij->i", block, block)[None, :]
-        ids = np.arange(start, start + block.shape[0])
-        s = np.where(own[:, None] == ids[None, :], -np.inf, s)
-        s = np.concatenate([best_s, s], axis=1)
-        r = np.concatenate([best_r, np.broadcast_to(ids, (m, ids.size))], axis=1)
-        take = min(k, s.shape[1])
-        part = np.argpartition(-s, take - 1, axis=1)[:, :take]
-        best_s = np.take_along_axis(s, part, axis=1)
-        best_r = np.take_along_axis(r, part, axis=1)
-    return best_r
+    best = Neighbours(queries, metric, k)
+    for start in range(0, vectors.shape[0], _GT_CHUNK):
+        block = vectors[start : start + _GT_CHUNK]
+        best.add(block, np.arange(start, start + block.shape[0]), exclude=own)
+    return best.labels
 
 
 def _queries(
@@ -207,9 +190,9 @@ def probe_queries(sample: np.ndarray, metric: str, seed: int) -> np.ndarray:
 
 
 class Neighbours:
-    """The exact best `k` rows of fixed `queries`, kept as the partitions holding
-    them, over rows streamed a chunk at a time (a compaction's routing pass):
-    one matrix product per chunk."""
+    """The exact best `k` rows of fixed `queries` over rows streamed a chunk at a
+    time, kept as a label of each (its row number, or the partition holding it in
+    a compaction's routing pass): one matrix product per chunk."""
 
     def __init__(self, queries: np.ndarray, metric: str, k: int = CALIBRATION_K) -> None:
         self.metric = metric
@@ -217,23 +200,27 @@ class Neighbours:
         self.k = k
         m = len(queries)
         self.scores = np.full((m, 0), -np.inf, dtype=np.float32)
-        self.partitions = np.zeros((m, 0), dtype=np.int64)
+        self.labels = np.zeros((m, 0), dtype=np.int64)
 
-    def add(self, rows: np.ndarray, partitions: np.ndarray) -> None:
-        block = np.asarray(rows, dtype=np.float32)
+    def add(self, rows: np.ndarray, labels: np.ndarray, exclude: np.ndarray | None = None) -> None:
+        """Rows and their labels; `exclude` (one label a query, -1: none) is a label
+        each query must not find (its own row)."""
+        block = np.ascontiguousarray(rows, dtype=np.float32)
         if self.metric == "angular":
             block = _normalise(block)
         s = self.queries @ block.T
         if self.metric == "euclidean":
+            # -|b - q|² ranks as -L2 does; |q|² is constant per query.
             s = 2 * s - np.einsum("ij,ij->i", block, block)[None, :]
+        labels = np.broadcast_to(np.asarray(labels, dtype=np.int64), s.shape)
+        if exclude is not None:
+            s = np.where(exclude[:, None] == labels, -np.inf, s)
         s = np.concatenate([self.scores, s], axis=1)
-        p = np.concatenate(
-            [self.partitions, np.broadcast_to(partitions, s[:, -len(block) :].shape)], axis=1
-        )
+        kept = np.concatenate([self.labels, labels], axis=1)
         take = min(self.k, s.shape[1])
         best = np.argpartition(-s, take - 1, axis=1)[:, :take]
         self.scores = np.take_along_axis(s, best, axis=1)
-        self.partitions = np.take_along_axis(p, best, axis=1)
+        self.labels = np.take_along_axis(kept, best, axis=1)
 
 
 def probes_by_level(
