@@ -696,9 +696,9 @@ def compact(
         if base is None:
             report.status = "nothing-to-do"
             return report
-        partitions = (
-            len(read_centroids(store, base.centroids)) if base.centroids is not None else None
-        )
+        # Read once: the plan needs their count, the merge routes by them.
+        current = read_centroids(store, base.centroids) if base.centroids is not None else None
+        partitions = len(current) if current is not None else None
         plan = plan_compaction(
             base, schema, settings, force=force, floor=floor, partitions=partitions
         )
@@ -713,7 +713,7 @@ def compact(
             report.version = base.version
             return report
         lease = leases.renew(lease)
-        outputs, routing = _build_outputs(ctx, plan, schema)
+        outputs, routing = _build_outputs(ctx, plan, schema, current)
         try:
             lease = leases.renew(lease)
             if before_commit is not None:
@@ -800,15 +800,22 @@ def _commit(
                 outputs[i] = (output, replace(new_ref, lineage=lineage), at)
 
 
-def _routing(ctx: Maintenance, plan: Plan, schema: CollectionSchema, inputs: _Inputs) -> _Routing:
-    """The centroids the manifest names; for a semantic collection's first merge of
-    level-0 rows (or a retrain), centroids trained on a sample of them, with the
-    probes each recall level needs estimated on the sample, written by `_publish`
-    once the routing pass has measured them on every row."""
+def _routing(
+    ctx: Maintenance,
+    plan: Plan,
+    schema: CollectionSchema,
+    inputs: _Inputs,
+    current: Centroids | None,
+) -> _Routing:
+    """The centroids the manifest names (`current`, read by the caller); for a
+    semantic collection's first merge of level-0 rows (or a retrain), centroids
+    trained on a sample of them, written by `_publish` once the probes each recall
+    level needs are known: measured on every row by the routing pass of a merge
+    with several outputs, estimated on the sample otherwise."""
     if schema.strategy != "semantic":
         return _Routing(schema)
     if not plan.retrain and (plan.base.centroids is not None or not plan.level0):
-        return _load_routing(ctx.store, schema, plan.base.centroids)
+        return _Routing(schema, current, plan.base.centroids)
     k = plan.partitions
     # k-means needs SAMPLE_PER_PARTITION rows a centroid; the probe calibration
     # more (its estimate is pessimistic by the sample's sparsity): up to SAMPLE_CAP.
@@ -817,13 +824,15 @@ def _routing(ctx: Maintenance, plan: Plan, schema: CollectionSchema, inputs: _In
     order = np.random.default_rng(schema.seed).permutation(len(sample))
     training = sample[np.sort(order[: SAMPLE_PER_PARTITION * k])]
     matrix = train_centroids(training, k, schema.metric, schema.seed)
-    rows = sum(ref.live for ref in plan.base.segments)
-    calibration = calibrate_probes(sample, matrix, schema.metric, schema.seed, rows)
-    centroids = Centroids(matrix, calibration, train_basis(sample, schema.metric))
+    centroids = Centroids(matrix, basis=train_basis(sample, schema.metric))
     routing = _Routing(schema, centroids, trained=True)
     if len(plan.outputs) > 1:
         queries = probe_queries(sample, schema.metric, schema.seed)
         routing.neighbours = Neighbours(queries, schema.metric)
+    else:
+        rows = sum(ref.live for ref in plan.base.segments)
+        calibration = calibrate_probes(sample, matrix, schema.metric, schema.seed, rows)
+        routing.centroids = replace(centroids, calibration=calibration)
     log.info("%s: trained %d centroids on %d rows", schema.name, k, len(training))
     return routing
 
@@ -835,9 +844,9 @@ def _publish(ctx: Maintenance, schema: CollectionSchema, routing: _Routing) -> N
     assert routing.centroids is not None
     centroids = routing.centroids
     found = routing.neighbours
-    if found is not None and found.partitions.size:
+    if found is not None and found.labels.size:
         probes = probes_by_level(
-            found.queries, found.partitions, centroids.matrix, schema.metric, margin=EXACT_MARGIN
+            found.queries, found.labels, centroids.matrix, schema.metric, margin=EXACT_MARGIN
         )
         calibration = {"nprobe": probes, "queries": len(found.queries), "k": found.k}
         centroids = routing.centroids = replace(centroids, calibration=calibration)
@@ -851,14 +860,16 @@ def _publish(ctx: Maintenance, schema: CollectionSchema, routing: _Routing) -> N
 
 
 def _build_outputs(
-    ctx: Maintenance, plan: Plan, schema: CollectionSchema
+    ctx: Maintenance, plan: Plan, schema: CollectionSchema, current: Centroids | None
 ) -> tuple[list[_Built], _Routing]:
+    """Build the plan's outputs, routing level-0 rows by `current` (the centroids
+    the base names) or by centroids trained here."""
     cache_dir = Path(ctx.settings.cache_dir)
     inputs = _Inputs(ctx.store, schema, cache_dir / "compaction")
     inputs.routed = {ref.id for ref in plan.level0}
     results: list[_Built] = []
     try:
-        routing = inputs.routing = _routing(ctx, plan, schema, inputs)
+        routing = inputs.routing = _routing(ctx, plan, schema, inputs, current)
         if plan.level0 and len(plan.outputs) > 1:
             inputs.stage(plan.level0, ctx.masks, plan.floor)
         if routing.trained:
