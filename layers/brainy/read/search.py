@@ -206,10 +206,28 @@ def _exact(
         s, rows = _top(s, rows, k)
         keep = np.isfinite(s)
         s, rows = s[keep], rows[keep]
-    else:
-        rows = allowed
-        norms = loaded.norms[rows] if metric == "angular" else None
-        s, rows = _top(scores(metric, loaded.vectors[rows], query, norms), rows, k)
+        return _hits(loaded, s, rows)
+    return _rescore(loaded, metric, query, allowed, k)
+
+
+def _rescore(
+    loaded: LoadedSegment,
+    metric: str,
+    query: np.ndarray,
+    rows: np.ndarray,
+    k: int,
+    *,
+    cached_norms: bool = True,
+) -> list[Scored]:
+    """The best `k` of `rows`, scored exactly on their full vectors.
+
+    Args:
+        cached_norms: take angular norms from the segment's cached ones (computed
+            over all its rows on first use); False computes only these rows'
+            (a segment searched through Annoy never scans all its rows).
+    """
+    norms = loaded.norms[rows] if metric == "angular" and cached_norms else None
+    s, rows = _top(scores(metric, loaded.vectors[rows], query, norms), rows, k)
     return _hits(loaded, s, rows)
 
 
@@ -251,10 +269,7 @@ def _reduced(
         approx = np.where(blocked, -np.inf, approx)
     take = min(loaded.count, rerank_candidates(k, recall_target))
     rows = np.argpartition(-approx, take - 1)[:take]
-    rows = rows[np.isfinite(approx[rows])]
-    norms = loaded.norms[rows] if metric == "angular" else None
-    s, rows = _top(scores(metric, loaded.vectors[rows], query, norms), rows, k)
-    return _hits(loaded, s, rows)
+    return _rescore(loaded, metric, query, rows[np.isfinite(approx[rows])], k)
 
 
 def _approximate(
@@ -296,9 +311,7 @@ def _approximate(
         fetch = min(n, fetch * 4)
     if rows.size == 0:
         return []
-    vectors = loaded.vectors[rows]
-    s, rows = _top(scores(schema.metric, vectors, query), rows, k)
-    return _hits(loaded, s, rows)
+    return _rescore(loaded, schema.metric, query, rows, k, cached_norms=False)
 
 
 class Searcher:
