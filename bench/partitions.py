@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from brainy.core.config import CONFIG_KEY, CollectionSchema
-from brainy.format.centroids import read_centroids
+from brainy.format.centroids import Centroids, read_centroids
 from brainy.format.partitioning import probed_partitions
 from brainy.maintenance.compaction import compact
 from brainy.read.search import DEFAULT_RECALL_TARGET, probes
@@ -84,26 +84,29 @@ def _set_nprobe(url: str, name: str, nprobe: int | None) -> None:
     store.put(CONFIG_KEY, json.dumps(config).encode())
 
 
+def _probing(manifest: Manifest, schema: CollectionSchema, store) -> tuple[Centroids | None, int]:
+    """The centroids (None: hash partitions) and the partitions a default search
+    probes (all, for hash partitions), read once."""
+    if manifest.centroids is None:
+        return None, len({r.partition for r in manifest.segments if r.level > 0})
+    refs = [r for r in manifest.segments if r.live > 0]
+    centroids = read_centroids(store, manifest.centroids)
+    return centroids, probes(schema, centroids, refs, DEFAULT_RECALL_TARGET)[0]
+
+
 def _scanned(
-    manifest: Manifest, schema: CollectionSchema, store, query: np.ndarray
+    manifest: Manifest,
+    schema: CollectionSchema,
+    centroids: Centroids | None,
+    nprobe: int,
+    query: np.ndarray,
 ) -> tuple[int, int]:
     """(segments searched, rows they hold) for `query`: what `Searcher.search` picks."""
     refs = [r for r in manifest.segments if r.live > 0]
-    if manifest.centroids is not None:
-        centroids = read_centroids(store, manifest.centroids)
-        nprobe, _ = probes(schema, centroids, refs, DEFAULT_RECALL_TARGET)
+    if centroids is not None:
         probed = set(probed_partitions(centroids.matrix, query, schema.metric, nprobe).tolist())
         refs = [r for r in refs if r.level == 0 or r.partition in probed]
     return len(refs), sum(r.live for r in refs)
-
-
-def _nprobe(manifest: Manifest, schema: CollectionSchema, store) -> int:
-    """The partitions a default search probes (all, for hash partitions)."""
-    if manifest.centroids is None:
-        return len({r.partition for r in manifest.segments if r.level > 0})
-    refs = [r for r in manifest.segments if r.live > 0]
-    centroids = read_centroids(store, manifest.centroids)
-    return probes(schema, centroids, refs, DEFAULT_RECALL_TARGET)[0]
 
 
 def _measure(url: str, name: str, cache: Path, queries: np.ndarray, truth: np.ndarray) -> dict:
@@ -126,10 +129,11 @@ def _measure(url: str, name: str, cache: Path, queries: np.ndarray, truth: np.nd
             found += len(set(best.tolist()) & {int(h.id) for h in hits})
         manifest = Manifests(store, name).latest()
         assert manifest is not None
-        scans = [_scanned(manifest, schema, store, q) for q in queries]
+        centroids, nprobe = _probing(manifest, schema, store)
+        scans = [_scanned(manifest, schema, centroids, nprobe, q) for q in queries]
         total = manifest.live
         return {
-            "nprobe": _nprobe(manifest, schema, store),
+            "nprobe": nprobe,
             "recall_at_10": round(found / (K * len(queries)), 4),
             "p50_ms": round(float(np.percentile(took, 50)) * 1000, 3),
             "p95_ms": round(float(np.percentile(took, 95)) * 1000, 3),
