@@ -5,14 +5,17 @@ exact search (recall is asserted; time goes to bench/partitions.py)."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 
+from brainy.core.config import CollectionSchema
 from brainy.format.centroids import read_centroids
 from brainy.format.partitioning import auto_partitions
 from brainy.maintenance.compaction import compact
-from brainy.read.search import REDUCED_MIN_ROWS
+from brainy.read.search import REDUCED_MIN_ROWS, scans_reduced
 from brainy.service.app import Brainy
 from brainy.storage import open_store
 from brainy.table.manifest import Manifests
@@ -223,3 +226,19 @@ def test_partitions_are_scanned_in_the_reduced_basis_and_keep_recall(tmp_path: P
     assert found / truth.size >= 0.95
     cached = reader.searcher.cache.get_many([r for r in manifest.segments if r.live])
     assert any(seg._reduced is not None for seg in cached)
+
+
+def test_warming_projects_only_the_partitions_a_query_scans():
+    """Warm-up prepares the reduced projection of a partition scanned exactly at
+    the default target, not of one its calibration searches through Annoy, nor of
+    one too small to be scanned in the basis."""
+    schema = CollectionSchema.from_dict("docs", {"dimension": 8})
+
+    def segment(count: int, exact_at_095: bool) -> Any:
+        calibration = {"k": 10, "search_k": {"0.95": 5000}, "exact": {"0.95": exact_at_095}}
+        return SimpleNamespace(count=count, header=SimpleNamespace(calibration=calibration))
+
+    assert scans_reduced(segment(50_000, exact_at_095=True), schema, 0.95)
+    assert not scans_reduced(segment(50_000, exact_at_095=False), schema, 0.95)
+    assert not scans_reduced(segment(REDUCED_MIN_ROWS, exact_at_095=True), schema, 0.95)
+    assert not scans_reduced(segment(50_000, exact_at_095=True), schema, 1.0)

@@ -132,6 +132,14 @@ def probes(
     return (partitions if found is None else found), level
 
 
+def scans_reduced(loaded: LoadedSegment, schema: CollectionSchema, recall_target: float) -> bool:
+    """Whether an unfiltered query at `recall_target` scans this segment in the
+    collection's reduced basis (see `search_segment`): what warming prepares."""
+    n = loaded.count
+    exact = plan(loaded.header.calibration, recall_target)[0] or n <= schema.exact_threshold
+    return exact and _worth_reducing(n, 10, recall_target)
+
+
 def search_segment(
     seg: CachedSegment,
     blocked: np.ndarray | None,
@@ -163,12 +171,7 @@ def search_segment(
         or n <= schema.exact_threshold
         or (allowed is not None and allowed.size <= schema.exact_threshold)
     ):
-        if (
-            basis is not None
-            and allowed is None
-            and recall_target < 1.0
-            and n > max(REDUCED_MIN_ROWS, RERANK_SHARE * rerank_candidates(k, recall_target))
-        ):
+        if basis is not None and allowed is None and _worth_reducing(n, k, recall_target):
             reduced = seg.reduced(basis, now=False)
             if reduced is not None:
                 return _reduced(
@@ -237,6 +240,14 @@ def _rescore(
 # candidates a 4,000-row partition made a query 7x slower than one numpy scan).
 REDUCED_MIN_ROWS = 1024
 RERANK_SHARE = 8
+
+
+def _worth_reducing(rows: int, k: int, recall_target: float) -> bool:
+    """Whether an exact scan of `rows` rows for the best `k` at `recall_target` is
+    faster in the reduced basis (see `REDUCED_MIN_ROWS`, `RERANK_SHARE`)."""
+    return recall_target < 1.0 and rows > max(
+        REDUCED_MIN_ROWS, RERANK_SHARE * rerank_candidates(k, recall_target)
+    )
 
 
 def rerank_candidates(k: int, recall_target: float) -> int:
@@ -489,13 +500,21 @@ class Searcher:
         refs = sorted((ref for ref in manifest.segments if ref.live > 0), key=lambda r: r.level > 0)
         warmed = self.cache.warm(refs, parallel=parallel)
         skipped = set(warmed.skipped)
-        basis = self.centroids(manifest.centroids).basis if manifest.centroids else None
+        centroids = self.centroids(manifest.centroids) if manifest.centroids else None
+        basis = centroids.basis if centroids is not None else None
+        schema = CollectionSchema.from_dict(collection, manifest.schema)
+        level = (
+            probes(schema, centroids, refs, DEFAULT_RECALL_TARGET)[1]
+            if centroids is not None
+            else DEFAULT_RECALL_TARGET
+        )
         for ref in refs:
             if ref.id not in skipped:
                 self.masks.blocked(ref)
-                if basis is not None and ref.count > REDUCED_MIN_ROWS:
+                seg = self.cache.get_many([ref])[0] if basis is not None else None
+                if seg is not None and scans_reduced(seg.loaded, schema, level):
                     # Warmed for queries: the projection too (see CachedSegment.reduced).
-                    self.cache.get_many([ref])[0].reduced(basis)
+                    seg.reduced(basis)
         return WarmReport(
             collection,
             manifest.version,
