@@ -4,6 +4,7 @@ exact search (recall is asserted; time goes to bench/partitions.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,13 +13,13 @@ import numpy as np
 import pytest
 
 from brainy.core.config import CollectionSchema
-from brainy.format.centroids import read_centroids
+from brainy.format.centroids import Centroids, read_centroids
 from brainy.format.partitioning import auto_partitions
 from brainy.maintenance.compaction import compact
-from brainy.read.search import REDUCED_MIN_ROWS, scans_reduced
+from brainy.read.search import REDUCED_MIN_ROWS, probes, scans_reduced
 from brainy.service.app import Brainy
 from brainy.storage import open_store
-from brainy.table.manifest import Manifests
+from brainy.table.manifest import Manifests, SegmentRef
 from faults import FaultyStore
 from helpers import declare, make_app, recording_reader
 
@@ -242,3 +243,38 @@ def test_warming_projects_only_the_partitions_a_query_scans():
     assert not scans_reduced(segment(50_000, exact_at_095=False), schema, 0.95)
     assert not scans_reduced(segment(REDUCED_MIN_ROWS, exact_at_095=True), schema, 0.95)
     assert not scans_reduced(segment(50_000, exact_at_095=True), schema, 1.0)
+
+
+def test_probes_carry_the_target_by_the_share_of_rows_searched_approximately():
+    """Partitions scanned exactly lose nothing, so the probes carry the whole
+    target; partitions past `exact_threshold` are searched at the target's square
+    root, and the probes make up only for their share of the rows: one large
+    partition among many no longer sends every query to the square root's probes."""
+    levels = {"0.8": 5, "0.9": 10, "0.95": 20, "0.97": 30, "0.98": 40, "0.99": 60}
+    centroids = Centroids(np.eye(100, 8, dtype=np.float32), {"nprobe": levels})
+    schema = CollectionSchema.from_dict(
+        "docs", {"dimension": 8, "strategy": "semantic", "partitions": 100, "exact_threshold": 1000}
+    )
+
+    def refs(*counts: int) -> list[SegmentRef]:
+        return [
+            SegmentRef(f"s{i}", f"k{i}", n, n * 32, 0, 0, level=1, partition=i)
+            for i, n in enumerate(counts)
+        ]
+
+    small = refs(*[500] * 100)
+    assert probes(schema, centroids, small, 0.95) == (20, 0.95)
+    large = refs(*[5000] * 100)
+    assert probes(schema, centroids, large, 0.95) == (40, pytest.approx(0.95**0.5))
+    # One partition of 100 past the threshold (a share of 1/11 of the rows): the
+    # probes reach 0.95 / (1 - 1/11 x 0.025) = 0.952 → the 0.97 level.
+    mixed = refs(*[500] * 99, 5000)
+    assert probes(schema, centroids, mixed, 0.95) == (30, pytest.approx(0.95**0.5))
+    # A level-0 segment never counts: every query searches it anyway.
+    assert probes(schema, centroids, [*small, replace(large[0], level=0)], 0.95)[0] == 20
+    # An explicit nprobe, and a target of 1.0, as before.
+    assert probes(schema, centroids, mixed, 1.0) == (100, 1.0)
+    explicit = CollectionSchema.from_dict(
+        "docs", {"dimension": 8, "strategy": "semantic", "partitions": 100, "nprobe": 7}
+    )
+    assert probes(explicit, centroids, mixed, 0.95) == (7, 0.95)

@@ -115,21 +115,33 @@ def probes(
 
     The two stages multiply: a true neighbour is found if its partition is probed
     and the segment's search finds it. Partitions small enough to be scanned
-    exactly lose nothing, so the probes alone carry the target; otherwise each
-    stage carries its square root (0.95 → 0.975 each). The probes are those the
-    centroids' calibration measured for that level; an explicit `nprobe`, or
-    centroids without calibration, use `CollectionSchema.probes`; a target above
-    every calibrated level (1.0 included) probes every partition.
+    exactly (`exact_threshold`) lose nothing; the others are searched at the
+    target's square root (0.95 → 0.975), which loses at most the rest of their
+    share `s` of the rows. So the probes carry `target / (1 - s x (1 - √target))`:
+    the whole target where every partition is scanned, its square root where none
+    is, and in between as much as the large partitions call for (one partition
+    past the threshold no longer costs every query the square root). The probes
+    are those the centroids' calibration measured for that level; an explicit
+    `nprobe`, or centroids without calibration, use `CollectionSchema.probes`; a
+    target above every calibrated level (1.0 included) probes every partition.
     """
     partitions = len(centroids)
     if recall_target >= 1.0:
         return partitions, recall_target
     if schema.nprobe is not None or not centroids.calibration:
         return schema.probes(partitions), recall_target
-    exact = all(ref.count <= schema.exact_threshold for ref in refs if ref.level > 0)
-    level = recall_target if exact else math.sqrt(recall_target)
-    found = centroids.probes_for(level)
-    return (partitions if found is None else found), level
+    rows = large = 0
+    for ref in refs:
+        if ref.level > 0:
+            rows += ref.count
+            large += ref.count if ref.count > schema.exact_threshold else 0
+    if not large:
+        level, segment_target = recall_target, recall_target
+    else:
+        segment_target = math.sqrt(recall_target)
+        level = recall_target / (1.0 - large / rows * (1.0 - segment_target))
+    found = centroids.probes_for(min(level, segment_target))
+    return (partitions if found is None else found), segment_target
 
 
 def scans_reduced(loaded: LoadedSegment, schema: CollectionSchema, recall_target: float) -> bool:
