@@ -38,13 +38,7 @@ REGION = "us-east-1"
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The dev stack's moto server (S3 + SQS in one process); its endpoint."""
     logs = tmp_path_factory.mktemp("moto-logs")
-    child = dev.start_server(
-        "moto",
-        lambda port: [sys.executable, "-m", "brainy.entry.dev", "moto", "127.0.0.1", str(port)],
-        dev._child_env({}),
-        logs,
-        "/moto-api/",
-    )
+    child = dev.start_moto(logs)
     try:
         yield child.url
     finally:

@@ -205,3 +205,19 @@ def test_a_failure_while_starting_stops_what_was_already_started(
     assert not any(port_open(c.url) for c in started)
     assert not (tmp_path / "dev" / "urls.json").exists()
     assert "stopping the dev stack" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_starting_stops_what_was_already_started(
+    dev_process: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    process, workdir = dev_process
+    children: dict[int, str] = {}
+    eventually(lambda: children.update(descendants(process.pid)) or children, "a child started")
+    assert not (workdir / "urls.json").exists()  # still starting
+
+    process.send_signal(signal.SIGINT)
+
+    assert process.wait(timeout=60) == 130
+    children.update(descendants(process.pid))
+    assert still_running(children) == []
+    assert not (workdir / "urls.json").exists()

@@ -46,7 +46,7 @@ BUCKET = "brainy-dev"
 QUEUE = "brainy-batches"
 DEAD_LETTERS = "brainy-batches-dlq"
 MAX_RECEIVE_COUNT = 5  # infra/aws variables.tf max_receive_count
-VISIBILITY_TIMEOUT = 30  # seconds before a failed delivery is retried
+VISIBILITY_TIMEOUT = 60  # seconds before a failed (or slow) delivery is redelivered
 REGION = "us-east-1"
 FUNCTIONS = ("ingest", "search", "indexer", "compactor")
 DEV_SCHEMA = CollectionSchema("docs", dimension=256, metric="angular", embedder="hash")
@@ -189,6 +189,17 @@ def serve_moto(host: str, port: int) -> None:
     run_simple(host, port, serialised, threaded=True)
 
 
+def start_moto(logs: Path) -> Child:
+    """`serve_moto` in a process of its own on a free loopback port."""
+    return start_server(
+        "moto",
+        lambda port: [sys.executable, "-m", "brainy.entry.dev", "moto", LOOPBACK, str(port)],
+        child_env({}),
+        logs,
+        "/moto-api/",
+    )
+
+
 def provision(endpoint: str, bucket: str = BUCKET) -> dict[str, str]:
     """The bucket, the queue with its dead-letter queue and redrive policy, and the
     bucket's notification of created `.batch` objects to the queue (infra/aws/main.tf).
@@ -250,7 +261,8 @@ def stack_env(endpoint: str, bucket: str = BUCKET) -> dict[str, str]:
     }
 
 
-def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without Brainy or AWS settings, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRAINY_", "AWS_"))}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
@@ -301,13 +313,7 @@ class Stack:
     def _start(self, out: TextIO) -> dict[str, Any]:
         logs = self.workdir / "logs"
         python = sys.executable
-        moto = start_server(
-            "moto",
-            lambda port: [python, "-m", "brainy.entry.dev", "moto", LOOPBACK, str(port)],
-            _child_env({}),
-            logs,
-            "/moto-api/",
-        )
+        moto = start_moto(logs)
         self.children.append(moto)
         print(f"moto (S3, SQS, SNS)  {moto.url}", file=out, flush=True)
         env = stack_env(moto.url)
@@ -329,14 +335,14 @@ class Stack:
                 return [framework, "--source", source, "--target", name,
                         "--host", LOOPBACK, "--port", str(port)]  # fmt: skip
 
-            server = start_server(name, argv, _child_env(settings), logs, "/health")
+            server = start_server(name, argv, child_env(settings), logs, "/health")
             self.children.append(server)
             urls[name] = server.url
             print(f"{name:<20} {server.url}", file=out, flush=True)
 
         relay_argv = [python, "-m", "brainy", "relay", "--queue-url", queues["queue_url"],
                       "--target", urls["indexer"] + "/"]  # fmt: skip
-        relay = _spawn("relay", relay_argv, _child_env(env), logs)
+        relay = _spawn("relay", relay_argv, child_env(env), logs)
         self.children.append(relay)
         print(f"{'relay':<20} {queues['queue_url']} -> {urls['indexer']}/", file=out, flush=True)
         self.urls = {
@@ -406,9 +412,19 @@ def describe(urls: Mapping[str, Any], urls_path: Path) -> str:
 
 def run_dev(workdir: Path, out: TextIO) -> int:
     """Start the stack, write `urls.json`, wait for SIGINT/SIGTERM or a dead child,
-    stop everything. Returns the exit status (1 if a child died)."""
+    stop everything. Returns the exit status (1 if a child died, 130 if interrupted
+    while starting)."""
     stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    starting = threading.Event()
+    starting.set()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+        if starting.is_set():  # abandon the start-up (once: the clean-up runs in peace)
+            starting.clear()
+            raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     stack = Stack(workdir)
     urls_path = workdir / "urls.json"
     status = 0
@@ -416,8 +432,7 @@ def run_dev(workdir: Path, out: TextIO) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         urls_path.unlink(missing_ok=True)
         urls = stack.start(out)
-        if stop.is_set():
-            return 0
+        starting.clear()
         tmp = urls_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(urls, indent=2) + "\n")
         tmp.replace(urls_path)  # a script polling for the file never reads half of it
@@ -432,7 +447,10 @@ def run_dev(workdir: Path, out: TextIO) -> int:
                 )
                 status = 1
                 break
+    except KeyboardInterrupt:
+        status = 130
     finally:
+        starting.clear()
         print("stopping the dev stack", file=out, flush=True)
         stack.stop()
         urls_path.unlink(missing_ok=True)
