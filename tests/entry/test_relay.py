@@ -8,6 +8,7 @@ whose notification configuration names the queue, as `infra/aws` configures it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -23,8 +24,10 @@ from urllib.parse import quote_plus
 
 import boto3
 import pytest
+from botocore.config import Config
 
 from brainy.entry import dev
+from brainy.entry.cli import main
 from brainy.entry.relay import Relay, message_cloudevents
 from brainy.write.events import ObjectCreated, parse_request
 
@@ -301,3 +304,39 @@ def test_the_relay_command_delivers_then_stops_cleanly_on_sigterm(
     output = (tmp_path / "relay.log").read_text()
     assert "relay stopped: 2 messages deleted, 0 kept" in output, output
     assert queue.bodies() == []
+
+
+def test_a_queue_that_does_not_exist_is_a_clear_error(
+    aws: dict[str, Any], target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = f"{aws['endpoint']}/123456789012/no-such-queue"
+    argv = ["relay", "--queue-url", missing, "--target", target.url, "--wait-seconds", "0"]
+
+    assert main(argv, env=dev.stack_env(aws["endpoint"])) == 2
+
+    assert "error: --queue-url: SQS refused to receive" in capsys.readouterr().err
+
+
+def test_an_unreachable_sqs_is_retried_until_the_relay_is_stopped(
+    target: Target, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in dev.stack_env("http://unused").items():
+        monkeypatch.setenv(name, value)
+    closed = f"http://127.0.0.1:{dev.free_port()}"
+    sqs = boto3.session.Session(region_name=REGION).client(
+        "sqs", endpoint_url=closed, config=Config(retries={"total_max_attempts": 1})
+    )
+    relay = Relay(sqs, f"{closed}/123456789012/q", target.url, wait_seconds=0)
+    thread = threading.Thread(target=relay.run)
+    caplog.set_level(logging.WARNING, logger="brainy.relay")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "receive failed" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "receive failed" in caplog.text
+        assert thread.is_alive()  # it keeps trying rather than dying
+    finally:
+        relay.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()

@@ -38,6 +38,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import unquote_plus
 
+from botocore.exceptions import BotoCoreError, ClientError
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
@@ -49,6 +50,7 @@ S3_TYPE_PREFIX = "com.amazonaws.s3."
 DEFAULT_WAIT_SECONDS = 20  # SQS's longest long poll
 DEFAULT_POST_TIMEOUT = 300.0  # the indexer's timeout in infra/aws
 MAX_MESSAGES = 10  # SQS's largest receive
+MAX_BACKOFF = 30.0  # seconds between receives while SQS fails
 _REGION_IN_URL = re.compile(r"sqs[.-]([a-z0-9-]+)\.amazonaws\.com")
 
 
@@ -124,9 +126,9 @@ class Tally:
 
 
 class _Interrupted(BaseException):
-    """A BaseException, like KeyboardInterrupt, so no `except Exception` on the way
-    swallows it. Raised by the signal handler to abandon a long poll (nothing is lost: a message
-    received but not yet returned becomes visible again after its timeout)."""
+    """Raised by the signal handler to abandon a long poll (nothing is lost: a message
+    received but not yet returned becomes visible again after its timeout). A
+    BaseException, like KeyboardInterrupt, so no `except Exception` swallows it."""
 
 
 class Relay:
@@ -204,7 +206,10 @@ class Relay:
                 failures.append(f"{event['subject']}: {problem}")
         if failures:
             return self._keep(message_id, "; ".join(failures))
-        self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        try:
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        except (BotoCoreError, ClientError) as e:  # redelivered; the indexer shrugs it off
+            return self._keep(message_id, f"delete failed: {e}")
         self.tally.deleted += 1
         return True
 
@@ -231,6 +236,10 @@ class Relay:
             if self._stop.is_set():
                 return 0
             messages = self.sqs.receive_message(**kw).get("Messages", [])
+        except ClientError as e:
+            if not _transient(e):
+                raise InvalidInput("--queue-url", f"SQS refused to receive: {e}") from None
+            raise
         finally:
             self._receiving = False
         for message in messages:
@@ -240,9 +249,16 @@ class Relay:
     def run(self) -> Tally:
         """Poll until `stop()` (or SIGINT/SIGTERM under `signals_stop`)."""
         log.info("relay: %s -> %s", self.queue_url, self.target)
+        backoff = 0.0
         with contextlib.suppress(_Interrupted):
             while not self._stop.is_set():
-                self.poll()
+                try:
+                    self.poll()
+                    backoff = 0.0
+                except (BotoCoreError, ClientError) as e:  # unreachable, throttled, 5xx
+                    backoff = min(MAX_BACKOFF, max(1.0, 2 * backoff))
+                    log.warning("relay: receive failed (%s); again in %.0f s", e, backoff)
+                    self._stop.wait(backoff)
         log.info("relay stopped: %d messages deleted, %d kept", self.tally.deleted, self.tally.kept)
         return self.tally
 
@@ -265,6 +281,14 @@ class Relay:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _transient(error: ClientError) -> bool:
+    """Throttling or a server-side failure, which a later receive may not meet."""
+    response = error.response
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    code = str(response.get("Error", {}).get("Code", ""))
+    return status >= 500 or status == 429 or "Throttl" in code or "Unavailable" in code
 
 
 def sqs_client(queue_url: str, endpoint_url: str | None, region: str | None) -> Any:
