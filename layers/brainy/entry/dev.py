@@ -24,6 +24,7 @@ import ctypes
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -431,6 +432,8 @@ def run_dev(workdir: Path, out: TextIO) -> int:
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         urls_path.unlink(missing_ok=True)
+        for leftover in ("cache", "logs"):  # the bucket is new: so are the caches
+            shutil.rmtree(workdir / leftover, ignore_errors=True)
         urls = stack.start(out)
         starting.clear()
         tmp = urls_path.with_suffix(".tmp")

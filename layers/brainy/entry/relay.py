@@ -334,6 +334,7 @@ def relay_command(sub: Any) -> None:
 def _run_relay(args: Any, session: Any) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        logging.getLogger("botocore").setLevel(logging.WARNING)
     endpoint = args.endpoint_url or session.env.get("BRAINY_SQS_ENDPOINT_URL") or None
     relay = Relay(
         sqs_client(args.queue_url, endpoint, args.region),
