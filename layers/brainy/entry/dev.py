@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
 import shlex
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from brainy.core.config import CollectionSchema
+from brainy.core.errors import InvalidInput
 from brainy.service.app import Brainy
 
 LOOPBACK = "127.0.0.1"
@@ -95,7 +97,8 @@ class Child:
             return ""
 
     def stop(self) -> None:
-        """SIGTERM to the whole group (gunicorn's workers too), SIGKILL if it lingers."""
+        """SIGTERM to the whole group (gunicorn's workers too), SIGKILL if it lingers;
+        only while the leader is unreaped, so the group id cannot have been reused."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -105,9 +108,6 @@ class Child:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        # The leader is gone; members it left behind (none, normally) still hold the group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -192,6 +192,8 @@ def serve_moto(host: str, port: int) -> None:
 
 def start_moto(logs: Path) -> Child:
     """`serve_moto` in a process of its own on a free loopback port."""
+    if importlib.util.find_spec("moto") is None:
+        raise InvalidInput("moto", "not installed: pip install -e '.[dev]' (make dev does)")
     return start_server(
         "moto",
         lambda port: [sys.executable, "-m", "brainy.entry.dev", "moto", LOOPBACK, str(port)],
