@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench bench-quick lint format clean package
+.PHONY: demo dev test test-fast bench bench-quick lint format clean package
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/brainy demo
+
+# `make dev`: moto (S3+SQS+SNS), the four functions and `brainy relay` on loopback
+# ports until Ctrl-C; URLs and environment in .brainy/dev/urls.json.
+dev: $(STAMP)
+	$(BIN)/brainy dev
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -30,6 +30,8 @@ from brainy.core.config import (
 )
 from brainy.core.errors import BrainyError
 from brainy.entry.demo import DEMO_STORE, reset_store, run_demo
+from brainy.entry.dev import dev_command
+from brainy.entry.relay import relay_command
 from brainy.service.app import Brainy
 from brainy.storage import ObjectStore, ReadOnlyStore, StorageError, open_store
 from brainy.table.manifest import CommitFailed
@@ -269,6 +271,8 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _sweep_parser,
     _verify_parser,
     _locks_parser,
+    relay_command,
+    dev_command,
 )
 
 
