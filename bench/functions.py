@@ -14,41 +14,33 @@ Every process is stopped however the run ends.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote_plus
 
 import numpy as np
 
-from bench.procs import LOOPBACK, REPO, free_port, stop_group
+from bench.procs import LOOPBACK, REPO
+from brainy.entry.processes import Child, environ, function_argv, start_server
 
 COLLECTION = "fresh"
 
 
 @dataclass
-class Served:
+class Served(Child):
     """A server process on a loopback port, in its own process group, logging to a file."""
-
-    name: str
-    url: str
-    process: subprocess.Popen[bytes]
-    log: IO[bytes]
-
-    def stop(self) -> None:
-        stop_group(self.process)
-        self.log.close()
 
     def request(self, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, Any]:
         """(status, parsed JSON body or text) of one request; never raises on a status."""
@@ -81,37 +73,17 @@ class Served:
 
 
 def serve(
-    name: str, argv: list[str], env: Mapping[str, str], logs: Path, port: int, probe: str
+    name: str,
+    argv_for: Callable[[int], list[str]],
+    env: Mapping[str, str],
+    logs: Path,
+    probe: str,
 ) -> Served:
-    """Start `argv` (which binds `port` on loopback) and wait until `probe` (a path)
-    answers."""
-    logs.mkdir(parents=True, exist_ok=True)
-    log = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - closed by Served.stop
-    process = subprocess.Popen(
-        argv,
-        cwd=REPO,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    """Start `argv_for(port)` (which binds `port` on loopback) and wait until `probe`
+    (a path) answers."""
+    return start_server(
+        name, argv_for, env, lambda _: logs / f"{name}.log", probe, cwd=REPO, make=Served
     )
-    served = Served(name, f"http://{LOOPBACK}:{port}", process, log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            served.stop()
-            raise RuntimeError(f"{name} exited while starting; see {logs / name}.log")
-        try:
-            with urllib.request.urlopen(served.url + probe, timeout=1) as resp:
-                resp.read()
-            return served
-        except urllib.error.HTTPError:
-            return served
-        except OSError:
-            time.sleep(0.05)
-    served.stop()
-    raise RuntimeError(f"{name} did not answer {probe} within 60 s")
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
@@ -132,10 +104,14 @@ def moto_bucket(logs: Path) -> Iterator[tuple[str, dict[str, str]]]:
     store URL (`s3://<bucket>/data`) and the environment that reaches it."""
     import boto3
 
-    port = free_port()
-    argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BRAINY_"))}
-    server = serve("moto", argv, env, logs, port, "/moto-api/")
+    server = serve(
+        "moto",
+        lambda port: [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
+        env,
+        logs,
+        "/moto-api/",
+    )
     try:
         reach = s3_env(server.url)
         bucket = f"brainy-bench-{uuid.uuid4().hex[:12]}"
@@ -146,29 +122,14 @@ def moto_bucket(logs: Path) -> Iterator[tuple[str, dict[str, str]]]:
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         ).create_bucket(Bucket=bucket)
-        with _environ(reach):
+        with environ(reach):
             yield f"s3://{bucket}/data", reach
     finally:
         server.stop()
 
 
-@contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def serve_function(name: str, store_url: str, reach: Mapping[str, str], work: Path) -> Served:
     """`functions/<name>/main.py` under functions-framework on a free loopback port."""
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRAINY_", "AWS_"))}
     env.update(reach)
     env.update(
@@ -177,14 +138,8 @@ def serve_function(name: str, store_url: str, reach: Mapping[str, str], work: Pa
         BRAINY_INSTANCE_ID=f"bench-{name}",
         PYTHONUNBUFFERED="1",
     )
-    argv = [
-        str(Path(sys.executable).with_name("functions-framework")),
-        "--source", str(REPO / "functions" / name / "main.py"),
-        "--target", name,
-        "--host", LOOPBACK,
-        "--port", str(port),
-    ]  # fmt: skip
-    return serve(name, argv, env, work / "logs", port, "/health")
+    argv_for = functools.partial(function_argv, name, repo=REPO)
+    return serve(name, argv_for, env, work / "logs", "/health")
 
 
 def s3_notification(bucket: str, name: str) -> dict[str, Any]:

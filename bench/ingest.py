@@ -42,6 +42,7 @@ import numpy as np
 
 from brainy.entry.cli import DEFAULT_BATCH_SIZE
 from brainy.entry.cli import main as cli
+from brainy.entry.processes import environ
 from brainy.format.segment import SegmentRows, build_segment
 from brainy.service.app import Brainy
 
@@ -145,7 +146,7 @@ def run(rows: int, store: str) -> dict[str, Any]:
             moto = start_moto()
             try:
                 # boto3 reads its endpoint and credentials from the process environment.
-                with _environ(emulator_env(s3=moto)):
+                with environ(emulator_env(s3=moto)):
                     figures = _measure(new_store_url("s3", work), env, npy, rows, work)
             finally:
                 moto.stop()
@@ -155,20 +156,6 @@ def run(rows: int, store: str) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     kind = store if store in ("file", "s3") else store.partition("://")[0]
     return {"store": kind, "rows": rows, "dim": DIM, "batch_size": DEFAULT_BATCH_SIZE, **figures}
-
-
-@contextlib.contextmanager
-def _environ(extra: dict[str, str]):  # type: ignore[no-untyped-def]
-    saved = {name: os.environ.get(name) for name in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def build_threads(rows: int, n_trees: int = 16) -> dict[str, Any]:

@@ -16,139 +16,58 @@ with the process that started them (Linux), and are stopped by
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from brainy.entry.processes import LOOPBACK, Child, free_port, spawn, wait_ready
 from brainy.storage import ObjectStore, open_store
 
-LOOPBACK = "127.0.0.1"
-START_TIMEOUT = 30.0
 STORE_KINDS = ("memory", "file", "s3", "gcs")
 
 
 @dataclass
-class Emulator:
-    """A running emulator subprocess.
+class Emulator(Child):
+    """A running emulator subprocess (`name` "moto" or "fake-gcs-server").
 
     Attributes:
-        name: "moto" or "fake-gcs-server".
-        endpoint: its base URL, e.g. `http://127.0.0.1:40123`.
-        process: the subprocess.
-        workdir: a private temp directory holding its log (and data, if any).
+        endpoint: its base URL (also `url`), e.g. `http://127.0.0.1:40123`.
+        workdir: a private temp directory holding its log (and data, if any),
+            removed by `stop()`.
     """
 
-    name: str
-    endpoint: str
-    process: subprocess.Popen[bytes]
-    workdir: Path
-    _log: IO[bytes] | None = field(default=None, repr=False)
+    workdir: Path | None = None
 
     @property
-    def log_path(self) -> Path:
-        return self.workdir / "server.log"
-
-    def log_tail(self, n: int = 4000) -> str:
-        """The last `n` characters of the server's log, for error messages."""
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
+    def endpoint(self) -> str:
+        return self.url
 
     def stop(self) -> None:
-        """Terminate the process (kill it if it lingers) and remove its temp directory."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that the OS says is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A `preexec_fn` that has Linux kill the child when its parent dies.
-
-    Pytest killed hard (or a crashed dev command) must not leave emulators
-    holding ports and memory behind.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return preexec
+        super().stop()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _spawn(name: str, argv: list[str], endpoint: str, probe_path: str) -> Emulator:
     workdir = Path(tempfile.mkdtemp(prefix=f"brainy-{name}-"))
-    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed by Emulator.stop
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BRAINY_"))}
-    process = subprocess.Popen(
-        [a.replace("{workdir}", str(workdir)) for a in argv],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        preexec_fn=_die_with_parent(),
+    argv = [a.replace("{workdir}", str(workdir)) for a in argv]
+    emulator = spawn(
+        name, argv, env, workdir / "server.log", make=Emulator, url=endpoint, workdir=workdir
     )
-    emulator = Emulator(name, endpoint, process, workdir, log)
     try:
-        _wait_until_ready(emulator, endpoint + probe_path)
+        wait_ready(emulator, endpoint + probe_path)
     except BaseException:
         emulator.stop()
         raise
     return emulator
-
-
-def _wait_until_ready(emulator: Emulator, probe_url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if emulator.process.poll() is not None:
-            raise RuntimeError(
-                f"{emulator.name} exited with {emulator.process.returncode} while starting:\n"
-                f"{emulator.log_tail()}"
-            )
-        try:
-            with urllib.request.urlopen(probe_url, timeout=1) as resp:
-                resp.read()
-                return
-        except urllib.error.HTTPError:
-            return  # it answered, even if with an error status: it is up
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(
-        f"{emulator.name} did not answer {probe_url} within {START_TIMEOUT:.0f}s:\n"
-        f"{emulator.log_tail()}"
-    )
 
 
 def start_moto(port: int | None = None) -> Emulator:

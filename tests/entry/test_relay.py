@@ -28,6 +28,7 @@ from botocore.config import Config
 
 from brainy.entry import dev
 from brainy.entry.cli import main
+from brainy.entry.processes import free_port
 from brainy.entry.relay import Relay, message_cloudevents
 from brainy.write.events import ObjectCreated, parse_request
 
@@ -256,7 +257,7 @@ def test_an_unreachable_target_or_a_body_that_is_no_notification_keeps_the_messa
     queue = Queue(aws, max_receive_count=10)
     relay_for(aws, queue, target.url).poll()  # the test event
     queue.put("docs/wal/y.batch")
-    closed = f"http://127.0.0.1:{dev.free_port()}/"
+    closed = f"http://127.0.0.1:{free_port()}/"
     unreachable = relay_for(aws, queue, closed)
 
     assert unreachable.poll() == 1
@@ -322,7 +323,7 @@ def test_an_unreachable_sqs_is_retried_until_the_relay_is_stopped(
 ) -> None:
     for name, value in dev.stack_env("http://unused").items():
         monkeypatch.setenv(name, value)
-    closed = f"http://127.0.0.1:{dev.free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     sqs = boto3.session.Session(region_name=REGION).client(
         "sqs", endpoint_url=closed, config=Config(retries={"total_max_attempts": 1})
     )

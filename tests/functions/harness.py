@@ -14,13 +14,10 @@ envelope of a GCS notification.
 from __future__ import annotations
 
 import base64
-import contextlib
+import functools
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -37,9 +34,10 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from prometheus_client.parser import text_string_to_metric_families
 
+from brainy.entry.processes import LOOPBACK, function_argv, start_server
 from brainy.storage import ObjectStore, open_store
 from brainy.table.manifest import Manifests
-from servers import LOOPBACK, Emulator, _die_with_parent, _wait_until_ready, free_port
+from servers import Emulator
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTION = "docs"
@@ -131,49 +129,22 @@ class FunctionServer(Emulator):
         """Serve `functions/<name>/main.py` (target `name`) and wait until `GET /health`
         answers. A port taken between asking for it and binding it is retried."""
         parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            port = free_port()
-            workdir = Path(tempfile.mkdtemp(prefix=f"{name}-{port}-", dir=parent))
-            log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed by stop()
-            argv = [
-                str(Path(sys.executable).with_name("functions-framework")),
-                "--source", str(REPO / "functions" / name / "main.py"),
-                "--target", name,
-                "--host", LOOPBACK,
-                "--port", str(port),
-            ]  # fmt: skip
-            process = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group: stop() reaches the worker too
-                preexec_fn=_die_with_parent(),
-            )
-            server = cls(name, f"http://{LOOPBACK}:{port}", process, workdir, log)
-            RUNNING.append(server)
-            try:
-                _wait_until_ready(server, server.url + "/health")
-                return server
-            except RuntimeError:
-                port_taken = "already in use" in server.log_tail()
-                server.stop()
-                if not port_taken:
-                    raise
-        raise RuntimeError(f"{name}: no free port could be bound")
-
-    @property
-    def url(self) -> str:
-        return self.endpoint
+        workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent))
+        server = start_server(
+            name,
+            functools.partial(function_argv, name, repo=REPO),
+            env,
+            lambda port: workdir / f"server-{port}.log",
+            "/health",
+            cwd=REPO,
+            make=cls,
+            workdir=workdir,
+        )
+        RUNNING.append(server)
+        return server
 
     def stop(self) -> None:
         """Stop master and worker (gunicorn's); idempotent."""
-        if self.process.poll() is None:
-            # Only while the leader is unreaped, so the group id cannot be reused.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
         super().stop()
         if self in RUNNING:
             RUNNING.remove(self)

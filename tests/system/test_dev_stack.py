@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from brainy.entry import dev
+from brainy.entry import dev, processes
 
 START_TIMEOUT = 240.0  # four functions and moto on two shared cores
 WAIT = 60.0
@@ -186,21 +186,21 @@ def test_the_dev_stack_indexes_on_its_own_event_path_and_stops_everything(
 def test_a_failure_while_starting_stops_what_was_already_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    started: list[dev.Child] = []
-    spawn = dev._spawn
+    started: list[processes.Child] = []
+    spawn = processes.spawn
 
-    def recording_spawn(*args: Any, **kw: Any) -> dev.Child:
+    def recording_spawn(*args: Any, **kw: Any) -> processes.Child:
         child = spawn(*args, **kw)
         started.append(child)
         return child
 
-    monkeypatch.setattr(dev, "_spawn", recording_spawn)
+    monkeypatch.setattr(processes, "spawn", recording_spawn)
     monkeypatch.setattr(dev, "FUNCTIONS", ("ingest", "no-such-function"))
 
     with pytest.raises(RuntimeError, match="no-such-function"):
         dev.run_dev(tmp_path / "dev", sys.stdout)
 
-    assert [c.name for c in started] == ["moto", "ingest"]
+    assert [c.name for c in started] == ["moto", "ingest", "no-such-function"]
     assert all(c.process.poll() is not None for c in started)
     assert not any(port_open(c.url) for c in started)
     assert not (tmp_path / "dev" / "urls.json").exists()

@@ -19,31 +19,31 @@ while starting.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
+import functools
 import importlib.util
 import json
 import os
 import shlex
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import Any, TextIO
 
 from brainy.core.config import CollectionSchema
 from brainy.core.errors import InvalidInput
+from brainy.entry.processes import (
+    LOOPBACK,
+    Child,
+    environ,
+    function_argv,
+    spawn,
+    start_server,
+)
 from brainy.service.app import Brainy
 
-LOOPBACK = "127.0.0.1"
 DEV_DIR = Path(".brainy/dev")
 BUCKET = "brainy-dev"
 QUEUE = "brainy-batches"
@@ -53,118 +53,6 @@ VISIBILITY_TIMEOUT = 60  # seconds before a failed (or slow) delivery is redeliv
 REGION = "us-east-1"
 FUNCTIONS = ("ingest", "search", "indexer", "compactor")
 DEV_SCHEMA = CollectionSchema("docs", dimension=256, metric="angular", embedder="hash")
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 5.0
-
-
-# ---------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    """A loopback TCP port the OS says is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A `preexec_fn` having Linux stop the child when this process dies, even by
-    SIGKILL, so nothing outlives a crashed `brainy dev`."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    return preexec
-
-
-@dataclass
-class Child:
-    """A process `brainy dev` started, in its own process group, logging to a file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    url: str = ""
-    _log: IO[bytes] | None = field(default=None, repr=False)
-
-    def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """SIGTERM to the whole group (gunicorn's workers too), SIGKILL if it lingers;
-        only while the leader is unreaped, so the group id cannot have been reused."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-def _spawn(name: str, argv: list[str], env: Mapping[str, str], logs: Path) -> Child:
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{name}.log"
-    log = open(log_path, "ab")  # noqa: SIM115 - closed by Child.stop
-    process = subprocess.Popen(
-        argv,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=_die_with_parent(),
-    )
-    return Child(name, process, log_path, _log=log)
-
-
-def _wait_ready(child: Child, probe_url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if child.process.poll() is not None:
-            raise RuntimeError(
-                f"{child.name} exited with {child.process.returncode} while starting:\n"
-                f"{child.log_tail()}"
-            )
-        try:
-            with urllib.request.urlopen(probe_url, timeout=2) as resp:
-                resp.read()
-                return
-        except urllib.error.HTTPError:
-            return  # it answered: it is up
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{child.name} did not answer {probe_url}:\n{child.log_tail()}")
-
-
-def start_server(
-    name: str, argv_for: Callable[[int], list[str]], env: Mapping[str, str], logs: Path, probe: str
-) -> Child:
-    """Start a server on a free loopback port (`argv_for(port)`) and wait until
-    `probe` answers; a port taken between asking and binding is retried."""
-    for _ in range(3):
-        port = free_port()
-        child = _spawn(name, argv_for(port), env, logs)
-        child.url = f"http://{LOOPBACK}:{port}"
-        try:
-            _wait_ready(child, child.url + probe)
-            return child
-        except BaseException as e:
-            child.stop()
-            if not isinstance(e, RuntimeError) or "in use" not in child.log_tail():
-                raise
-    raise RuntimeError(f"{name}: no free port could be bound")
 
 
 # --------------------------------------------------------------------- moto
@@ -198,7 +86,7 @@ def start_moto(logs: Path) -> Child:
         "moto",
         lambda port: [sys.executable, "-m", "brainy.entry.dev", "moto", LOOPBACK, str(port)],
         child_env({}),
-        logs,
+        lambda _: logs / "moto.log",
         "/moto-api/",
     )
 
@@ -302,6 +190,7 @@ class Stack:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
+        self.repo = _repo_file("functions").parent
         self.children: list[Child] = []
         self.urls: dict[str, Any] = {}
 
@@ -320,11 +209,10 @@ class Stack:
         self.children.append(moto)
         print(f"moto (S3, SQS, SNS)  {moto.url}", file=out, flush=True)
         env = stack_env(moto.url)
-        with _environ(env):  # boto3 reads the dummy credentials there
+        with environ(env):  # boto3 reads the dummy credentials there
             queues = provision(moto.url)
             _declare_collection(env)
 
-        framework = str(Path(python).with_name("functions-framework"))
         urls: dict[str, Any] = {}
         for name in FUNCTIONS:
             settings = {
@@ -332,20 +220,20 @@ class Stack:
                 "BRAINY_CACHE_DIR": str((self.workdir / "cache" / name).resolve()),
                 "BRAINY_INSTANCE_ID": f"{name}-dev",
             }
-            source = str(_repo_file("functions", name, "main.py"))
-
-            def argv(port: int, name: str = name, source: str = source) -> list[str]:
-                return [framework, "--source", source, "--target", name,
-                        "--host", LOOPBACK, "--port", str(port)]  # fmt: skip
-
-            server = start_server(name, argv, child_env(settings), logs, "/health")
+            server = start_server(
+                name,
+                functools.partial(function_argv, name, repo=self.repo),
+                child_env(settings),
+                lambda _, name=name: logs / f"{name}.log",
+                "/health",
+            )
             self.children.append(server)
             urls[name] = server.url
             print(f"{name:<20} {server.url}", file=out, flush=True)
 
         relay_argv = [python, "-m", "brainy", "relay", "--queue-url", queues["queue_url"],
                       "--target", urls["indexer"] + "/"]  # fmt: skip
-        relay = _spawn("relay", relay_argv, child_env(env), logs)
+        relay = spawn("relay", relay_argv, child_env(env), logs / "relay.log")
         self.children.append(relay)
         print(f"{'relay':<20} {queues['queue_url']} -> {urls['indexer']}/", file=out, flush=True)
         self.urls = {
@@ -384,21 +272,6 @@ def _declare_collection(env: Mapping[str, str]) -> None:
         app.create_collection(DEV_SCHEMA)
     finally:
         app.close()
-
-
-@contextlib.contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
-    """`os.environ` with `values` set, for boto3 that reads credentials there."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def describe(urls: Mapping[str, Any], urls_path: Path) -> str:
