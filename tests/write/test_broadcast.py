@@ -259,3 +259,28 @@ def test_an_unreachable_webhook_never_fails_indexing(tmp_path: Path) -> None:
     text = app.metrics.render().decode()
     assert 'brainy_events_published_total{outcome="error",sink="webhook"} 1.0' in text
     app.close()
+
+
+def test_indexer_and_compactor_commits_are_announced(tmp_path: Path) -> None:
+    """Every commit of an instance with sinks queues its event: the indexer's (one
+    segment added) and the compactor's (the merged segments removed)."""
+    from brainy.maintenance.compaction import compact
+
+    sinks = {"sinks": [{"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/"}]}
+    app = make_app(f"file://{tmp_path}/bucket", tmp_path, BRAINY_EVENTS=json.dumps(sinks))
+    declare(app)
+    seen: list[IndexUpdated] = []
+    assert app.broadcaster is not None
+    app.broadcaster.publish = seen.append  # type: ignore[method-assign]
+    rng = np.random.default_rng(3)
+    for n in range(2):
+        records = [{"id": f"r{n}-{i}", "vector": rng.standard_normal(8).tolist()} for i in range(5)]
+        app.index_key(app.ingest({"collection": "docs", "records": records}).batch)
+    compact(app.maintenance, "docs", force=True)
+    indexed, compacted = seen[:2], seen[-1]
+    assert [e.version for e in indexed] == [1, 2]
+    assert all(len(e.segments_added) == 1 and not e.segments_removed for e in indexed)
+    assert compacted.version == app.manifests("docs").latest().version
+    assert set(compacted.segments_removed) == {e.segments_added[0] for e in indexed}
+    assert compacted.segments_added and compacted.committed_by == app.writer_id
+    app.close()
