@@ -79,6 +79,7 @@ def test_events_setting_accepts_every_sink_type() -> None:
         ),
         ({"sinks": [], "size": 3}, "events.size"),
         ({"queue_size": 0}, "events.queue_size"),
+        ({"flush_timeout": -1}, "events.flush_timeout"),
     ],
 )
 def test_a_bad_events_setting_names_its_key(raw: dict, key: str) -> None:

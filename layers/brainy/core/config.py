@@ -243,15 +243,21 @@ class EventSink:
 
 @dataclass(frozen=True)
 class EventsConfig:
-    """The `events` setting: sinks for index-updated events, and how many events
-    may wait for them (beyond that, events are dropped and counted, never waited for)."""
+    """The `events` setting: sinks for index-updated events, how many events may
+    wait for them (beyond that, events are dropped and counted, never waited for),
+    and how long a function's request (indexing, compaction), its commits landed,
+    waits for its events to be sent before it answers: serverless platforms may
+    freeze a function between requests, which would hold its events until the
+    next one (0: answer at once)."""
 
     sinks: tuple[EventSink, ...] = ()
     queue_size: int = 1000
+    flush_timeout: float = 2.0
 
 
 def parse_events(value: Any, key: str) -> EventsConfig:
-    """`{"sinks": [{"type": "sns", "topic_arn": ...}, ...], "queue_size": 1000}`; the
+    """`{"sinks": [{"type": "sns", "topic_arn": ...}, ...], "queue_size": 1000,
+    "flush_timeout": 2.0}`; the
     environment's form (`BRAINY_EVENTS`) is the same object as JSON."""
     if isinstance(value, str):
         try:
@@ -260,15 +266,17 @@ def parse_events(value: Any, key: str) -> EventsConfig:
             raise ConfigError(f"{key}: expected a JSON object ({e})") from None
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key}: expected an object with sinks, got {value!r}")
-    unknown = sorted(set(value) - {"sinks", "queue_size"})
+    known = {"sinks", "queue_size", "flush_timeout"}
+    unknown = sorted(set(value) - known)
     if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}: unknown setting (known: ['queue_size', 'sinks'])")
+        raise ConfigError(f"{key}.{unknown[0]}: unknown setting (known: {sorted(known)})")
     raw_sinks = value.get("sinks", [])
     if not isinstance(raw_sinks, list):
         raise ConfigError(f"{key}.sinks: expected a list, got {raw_sinks!r}")
     sinks = tuple(_parse_sink(raw, f"{key}.sinks[{i}]") for i, raw in enumerate(raw_sinks))
     queue_size = _int_in(1, 1_000_000)(value.get("queue_size", 1000), f"{key}.queue_size")
-    return EventsConfig(sinks, queue_size)
+    flush = _float_in(0.0, 60.0)(value.get("flush_timeout", 2.0), f"{key}.flush_timeout")
+    return EventsConfig(sinks, queue_size, flush)
 
 
 def _parse_sink(raw: Any, key: str) -> EventSink:

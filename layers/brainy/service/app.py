@@ -197,6 +197,12 @@ class Brainy:
         source = f"/brainy/{self.settings.role}/{self.settings.instance_id}"
         return Broadcaster(sinks, source, events.queue_size, self.metrics.count_event)
 
+    def flush_events(self) -> None:
+        """Give the events of this request's commits up to `events.flush_timeout`
+        to be sent before the function answers (its commits have landed already)."""
+        if self.broadcaster is not None and self.settings.events.flush_timeout > 0:
+            self.broadcaster.flush(self.settings.events.flush_timeout)
+
     def receive_event(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         """`POST /events`: an index-updated event refreshes its collection now; an
         older (late, duplicate) version changes nothing. SNS subscription
@@ -296,6 +302,7 @@ class Brainy:
             started = time.perf_counter()
             results.append(self.indexer.index(key))
             self.metrics.index_seconds.observe(time.perf_counter() - started)
+        self.flush_events()
         return results
 
     def index_key(self, key: str) -> IndexResult:
@@ -455,7 +462,9 @@ class Brainy:
             raise Forbidden("mode", "a read-only instance cannot compact")
         self._require_clock()
         names = [collection] if collection else sorted(self.collections())
-        return [maintain(self.maintenance, name, force=force) for name in names]
+        reports = [maintain(self.maintenance, name, force=force) for name in names]
+        self.flush_events()
+        return reports
 
     # ----------------------------------------------------------------- status
 

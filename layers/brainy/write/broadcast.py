@@ -243,6 +243,10 @@ class Broadcaster:
         self._queue: queue.Queue[IndexUpdated | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # Events queued and events handled (sent or failed), for `flush`.
+        self._progress = threading.Condition()
+        self._queued = 0
+        self._handled = 0
 
     def committed(self, parent: Manifest, new: Manifest) -> None:
         """The `Manifests` commit hook: queue the event of this commit."""
@@ -252,7 +256,9 @@ class Broadcaster:
         """Queue `event`; never blocks (a full queue drops it)."""
         self._start()
         try:
-            self._queue.put_nowait(event)
+            with self._progress:
+                self._queue.put_nowait(event)
+                self._queued += 1
         except queue.Full:
             log.warning(
                 "index-updated %s v%d dropped: %d events already wait for the sinks",
@@ -262,15 +268,11 @@ class Broadcaster:
                 self.count(sink.name, "dropped")
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every queued event has been sent (or failed); False on timeout."""
-        done = threading.Event()
-
-        def wait() -> None:
-            self._queue.join()
-            done.set()
-
-        threading.Thread(target=wait, daemon=True).start()
-        return done.wait(timeout)
+        """Wait until every event queued so far has been sent (or has failed), at
+        most `timeout` seconds; False if some are still waiting."""
+        with self._progress:
+            target = self._queued
+            return self._progress.wait_for(lambda: self._handled >= target, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is queued (up to `timeout`), then stop the thread."""
@@ -313,6 +315,10 @@ class Broadcaster:
                         self.count(sink.name, "error")
             finally:
                 self._queue.task_done()
+                if event is not None:
+                    with self._progress:
+                        self._handled += 1
+                        self._progress.notify_all()
 
 
 # --------------------------------------------------------------- receiving
