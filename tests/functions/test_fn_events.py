@@ -28,6 +28,8 @@ import pytest
 from harness import COLLECTION, DIMENSION, FunctionServer, Launcher, Reply, event_request
 from prometheus_client.parser import text_string_to_metric_families
 
+from brainy.core.config import CollectionSchema, create_collection
+from brainy.storage import open_store
 from pubsub_emulator import PROJECT, pubsub_missing, start_pubsub
 from servers import Emulator, free_port
 
@@ -86,12 +88,14 @@ def indexer_with(
         server.stop()
 
 
-def add_record(ingest: FunctionServer, indexer: FunctionServer, rid: str) -> tuple[list, int]:
+def add_record(
+    ingest: FunctionServer, indexer: FunctionServer, rid: str, collection: str = COLLECTION
+) -> tuple[list, int]:
     """Ingest one record and deliver its batch to `indexer`; its vector and the
     version it was committed in."""
     vector = [float((hash(rid) >> i) % 7 + 1) * (-1) ** i for i in range(DIMENSION)]
     reply = ingest.post(
-        "/ingest", {"collection": COLLECTION, "records": [{"id": rid, "vector": vector}]}
+        "/ingest", {"collection": collection, "records": [{"id": rid, "vector": vector}]}
     )
     assert reply.status == 202, str(reply)
     headers, body = event_request("gcs-binary", "local", [reply.json()["batch"]])
@@ -190,6 +194,22 @@ def test_a_webhook_event_makes_the_new_version_searchable_at_once(
             assert f"webhook-{n}" in [hit["id"] for hit in reply.json()["results"]]
         assert metric(indexer, "brainy_events_published_total", sink="webhook", outcome="ok") >= 2
     assert metric(search, "brainy_events_received_total", outcome="refreshed") >= refreshed + 2
+
+
+def test_an_event_for_a_collection_declared_after_the_search_started_is_served(
+    launch: Launcher, file_store_url: str, ingest: FunctionServer, search: FunctionServer
+) -> None:
+    served_version(search)  # the search instance has read the config
+    store = open_store(file_store_url)
+    create_collection(store, CollectionSchema("newer", dimension=DIMENSION))
+    store.close()
+    sinks = [{"type": "webhook", "url": f"{search.url}/events"}]
+    with indexer_with(launch, file_store_url, sinks, {}, flush_timeout=60) as indexer:
+        vector, version = add_record(ingest, indexer, "in-newer", collection="newer")
+    reply = search.post("/search", {"collection": "newer", "vector": vector, "k": 1})
+    assert reply.status == 200, str(reply)
+    assert reply.json()["version"] == version
+    assert reply.json()["results"][0]["id"] == "in-newer"
 
 
 @pytest.mark.parametrize("form", ["binary", "pubsub", "sns"])

@@ -220,6 +220,10 @@ class Brainy:
             arn = confirm_subscription(delivery, [e for e in endpoints if e])
             self.metrics.events_received.labels(outcome="confirmed").inc()
             return {"confirmed": delivery.topic_arn, "subscription_arn": arn}
+        if self.schema(delivery.collection) is None:
+            # Announced by a writer, so perhaps declared after this instance last
+            # read the config (at most once per refresh interval otherwise).
+            self._reload_collections()
         schema = self.require_schema(delivery.collection)
         before, now = self.searcher.refresh(schema.name, delivery.version)
         outcome = "refreshed" if now > before else "unchanged"
