@@ -257,8 +257,8 @@ class EventsConfig:
 
 def parse_events(value: Any, key: str) -> EventsConfig:
     """`{"sinks": [{"type": "sns", "topic_arn": ...}, ...], "queue_size": 1000,
-    "flush_timeout": 2.0}`; the
-    environment's form (`BRAINY_EVENTS`) is the same object as JSON."""
+    "flush_timeout": 2.0}`; the environment's form (`BRAINY_EVENTS`) is the same
+    object as JSON."""
     if isinstance(value, str):
         try:
             value = json.loads(value)

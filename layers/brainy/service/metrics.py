@@ -67,7 +67,6 @@ class Metrics:
             "Sampled queries whose recall was measured",
             registry=self.registry,
         )
-
         self.events_published = Counter(
             "brainy_events_published",
             "Index-updated events by sink and outcome (ok, error, dropped: the queue was full)",
