@@ -1,5 +1,7 @@
 """search — read-only HTTP function: `POST /search` answers k nearest neighbours;
-`POST /warmup` fills the cache ahead of queries."""
+`POST /warmup` fills the cache ahead of queries; `POST /events` takes an
+index-updated event (CloudEvent, Pub/Sub push, SNS notification) and serves that
+collection's new version at once."""
 
 import time
 
@@ -27,6 +29,11 @@ def _warmup(app, request: Request) -> Response:
     return web.json_response(200, {"collections": [r.to_dict() for r in reports]})
 
 
+def _events(app, request: Request) -> Response:
+    body = web.read_body(request, app.settings.max_body_size)
+    return web.json_response(200, app.receive_event(dict(request.headers), body))
+
+
 def _start(app) -> None:
     app.start_warmup()
 
@@ -40,6 +47,11 @@ def search(request: Request) -> Response:
     return web.serve(
         request,
         "search",
-        {("POST", "/search"): _search, ("POST", "/"): _search, ("POST", "/warmup"): _warmup},
+        {
+            ("POST", "/search"): _search,
+            ("POST", "/"): _search,
+            ("POST", "/warmup"): _warmup,
+            ("POST", "/events"): _events,
+        },
         on_start=_start,
     )

@@ -210,6 +210,111 @@ class CollectionSchema:
                 )
 
 
+SINK_TYPES = ("sns", "pubsub", "webhook")
+# The fields each sink type takes, the required ones first.
+_SINK_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "sns": (("topic_arn",), ("endpoint_url", "region")),
+    "pubsub": (("topic",), ()),
+    "webhook": (("url",), ("timeout",)),
+}
+_TOPIC_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
+_PUBSUB_TOPIC_RE = re.compile(r"^projects/[^/\s]+/topics/[^/\s]+$")
+
+
+@dataclass(frozen=True)
+class EventSink:
+    """Where index-updated events go: an SNS topic, a Pub/Sub topic or a webhook.
+
+    Attributes:
+        type: "sns", "pubsub" or "webhook".
+        target: the topic ARN, the topic path (`projects/p/topics/t`) or the URL.
+        endpoint_url: SNS only: an endpoint other than AWS's (moto, LocalStack);
+            the `BRAINY_SNS_ENDPOINT_URL` setting applies where this is unset.
+        region: SNS only: the topic's region (else the one in its ARN).
+        timeout: webhook only: seconds to wait for an answer.
+    """
+
+    type: str
+    target: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """The `events` setting: sinks for index-updated events, how many events may
+    wait for them (beyond that, events are dropped and counted, never waited for),
+    and how long a function's request (indexing, compaction), its commits landed,
+    waits for its events to be sent before it answers: serverless platforms may
+    freeze a function between requests, which would hold its events until the
+    next one (0: answer at once)."""
+
+    sinks: tuple[EventSink, ...] = ()
+    queue_size: int = 1000
+    flush_timeout: float = 2.0
+
+
+def parse_events(value: Any, key: str) -> EventsConfig:
+    """`{"sinks": [{"type": "sns", "topic_arn": ...}, ...], "queue_size": 1000,
+    "flush_timeout": 2.0}`; the environment's form (`BRAINY_EVENTS`) is the same
+    object as JSON."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise ConfigError(f"{key}: expected a JSON object ({e})") from None
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected an object with sinks, got {value!r}")
+    known = {"sinks", "queue_size", "flush_timeout"}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown setting (known: {sorted(known)})")
+    raw_sinks = value.get("sinks", [])
+    if not isinstance(raw_sinks, list):
+        raise ConfigError(f"{key}.sinks: expected a list, got {raw_sinks!r}")
+    sinks = tuple(_parse_sink(raw, f"{key}.sinks[{i}]") for i, raw in enumerate(raw_sinks))
+    queue_size = _int_in(1, 1_000_000)(value.get("queue_size", 1000), f"{key}.queue_size")
+    flush = _float_in(0.0, 60.0)(value.get("flush_timeout", 2.0), f"{key}.flush_timeout")
+    return EventsConfig(sinks, queue_size, flush)
+
+
+def _parse_sink(raw: Any, key: str) -> EventSink:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: expected an object, got {raw!r}")
+    kind = raw.get("type")
+    if kind not in SINK_TYPES:
+        raise ConfigError(f"{key}.type: expected one of {list(SINK_TYPES)}, got {kind!r}")
+    required, optional = _SINK_FIELDS[kind]
+    unknown = sorted(set(raw) - {"type", *required, *optional})
+    if unknown:
+        known = sorted(["type", *required, *optional])
+        raise ConfigError(f"{key}.{unknown[0]}: unknown setting for a {kind} sink (known: {known})")
+    for name in required:
+        if not isinstance(raw.get(name), str) or not raw[name]:
+            raise ConfigError(f"{key}.{name}: required for a {kind} sink")
+    target = raw[required[0]]
+    if kind == "sns" and not _TOPIC_ARN_RE.match(target):
+        raise ConfigError(
+            f"{key}.topic_arn: expected arn:aws:sns:<region>:<account>:<topic>, got {target!r}"
+        )
+    if kind == "pubsub" and not _PUBSUB_TOPIC_RE.match(target):
+        raise ConfigError(
+            f"{key}.topic: expected projects/<project>/topics/<topic>, got {target!r}"
+        )
+    for name in ("url", "endpoint_url"):
+        if name in raw and not _is_http_url(raw[name]):
+            raise ConfigError(f"{key}.{name}: expected an http(s) URL, got {raw[name]!r}")
+    if "region" in raw and not isinstance(raw["region"], str):
+        raise ConfigError(f"{key}.region: expected a string, got {raw['region']!r}")
+    timeout = _float_in(0.1, 300.0)(raw.get("timeout", 5.0), f"{key}.timeout")
+    return EventSink(kind, target, raw.get("endpoint_url"), raw.get("region"), timeout)
+
+
+def _is_http_url(value: Any) -> bool:
+    return isinstance(value, str) and re.match(r"^https?://[^/\s]+", value) is not None
+
+
 @dataclass(frozen=True)
 class Settings:
     """One instance's effective configuration."""
@@ -261,6 +366,10 @@ class Settings:
     # How often that distance is measured again (it is measured at start-up too).
     clock_check_interval: float = 300.0
     collections: dict[str, CollectionSchema] = field(default_factory=dict)
+    # Where a writing instance publishes index-updated events after each commit.
+    events: EventsConfig = field(default_factory=EventsConfig)
+    # SNS sinks without an endpoint_url of their own reach SNS here (moto, LocalStack).
+    sns_endpoint_url: str | None = None
 
     @property
     def read_only(self) -> bool:
@@ -394,6 +503,7 @@ _PARSERS = {
     "max_segments_per_partition": _int_in(1, 1000),
     "max_clock_skew": parse_duration,
     "clock_check_interval": parse_duration,
+    "events": parse_events,
 }
 
 # Environment variables: the original design's names, plus one per tunable.
@@ -403,6 +513,7 @@ _ENV = {
     "BRAINY_MODE": "mode",
     "BRAINY_S3_ENDPOINT_URL": "s3_endpoint_url",
     "BRAINY_S3_REGION": "s3_region",
+    "BRAINY_SNS_ENDPOINT_URL": "sns_endpoint_url",
     **{f"BRAINY_{k.upper()}": k for k in _PARSERS},
 }
 
@@ -483,6 +594,7 @@ def load_settings(
     values["store"] = url
     values["s3_endpoint_url"] = env.get("BRAINY_S3_ENDPOINT_URL") or None
     values["s3_region"] = env.get("BRAINY_S3_REGION") or None
+    values["sns_endpoint_url"] = env.get("BRAINY_SNS_ENDPOINT_URL") or None
     if store is None:
         store = open_store(
             url,

@@ -395,6 +395,17 @@ class Searcher:
                 self._views[collection] = view
             return view
 
+    def refresh(self, collection: str, version: int) -> tuple[int, int]:
+        """Serve `collection` at `version` or newer now, without waiting for the
+        refresh interval (an index-updated event announced it); an older or the
+        same version changes nothing.
+
+        Returns:
+            (the version served before, the version served now).
+        """
+        held, current = self.view(collection).refresh_to(version)
+        return held, current.version if current is not None else 0
+
     def manifest(
         self, collection: str, min_version: int | None = None, timeout: float = 10.0
     ) -> Manifest | None:

@@ -34,6 +34,14 @@ from brainy.service.maintenance import maintain
 from brainy.service.metrics import Metrics
 from brainy.storage import ObjectStore, StorageError
 from brainy.table.manifest import Manifest, Manifests, VersionCache
+from brainy.write.broadcast import (
+    Broadcaster,
+    Ignored,
+    SnsConfirmation,
+    confirm_subscription,
+    open_sink,
+    parse_delivery,
+)
 from brainy.write.events import ObjectCreated
 from brainy.write.indexer import Indexer, IndexResult
 from brainy.write.ingest import (
@@ -102,6 +110,7 @@ class Brainy:
             lambda: self._searcher.recall.recall if self._searcher else float("nan"),
         )
         store.add_observer(self.metrics.count_request)
+        self.broadcaster = self._broadcaster()
 
     @classmethod
     def from_env(cls, role: str, env: Mapping[str, str] | None = None) -> Brainy:
@@ -170,7 +179,57 @@ class Brainy:
             name,
             gc_grace=self.settings.gc_grace,
             clock_margin=self.settings.max_clock_skew,
+            on_commit=self.broadcaster.committed if self.broadcaster else None,
         )
+
+    # ----------------------------------------------------------------- events
+
+    def _broadcaster(self) -> Broadcaster | None:
+        """Publishes index-updated events after this instance's commits, if sinks are
+        configured (a read-only instance never commits)."""
+        events = self.settings.events
+        if self.settings.read_only or not events.sinks:
+            return None
+        sinks = [
+            open_sink(spec, f"events.sinks[{i}]", self.settings.sns_endpoint_url)
+            for i, spec in enumerate(events.sinks)
+        ]
+        source = f"/brainy/{self.settings.role}/{self.settings.instance_id}"
+        return Broadcaster(sinks, source, events.queue_size, self.metrics.count_event)
+
+    def flush_events(self) -> None:
+        """Give the events of this request's commits up to `events.flush_timeout`
+        to be sent before the function answers (its commits have landed already)."""
+        if self.broadcaster is not None and self.settings.events.flush_timeout > 0:
+            self.broadcaster.flush(self.settings.events.flush_timeout)
+
+    def receive_event(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        """`POST /events`: an index-updated event refreshes its collection now; an
+        older (late, duplicate) version changes nothing. SNS subscription
+        confirmations are confirmed."""
+        if not self.settings.can_search:
+            raise Forbidden("mode", "this instance is write-only: it serves no searches")
+        delivery = parse_delivery(headers, body)
+        if isinstance(delivery, Ignored):
+            self.metrics.events_received.labels(outcome="ignored").inc()
+            return {"ignored": delivery.reason}
+        if isinstance(delivery, SnsConfirmation):
+            endpoints = [self.settings.sns_endpoint_url or ""] + [
+                s.endpoint_url or "" for s in self.settings.events.sinks
+            ]
+            arn = confirm_subscription(delivery, [e for e in endpoints if e])
+            self.metrics.events_received.labels(outcome="confirmed").inc()
+            return {"confirmed": delivery.topic_arn, "subscription_arn": arn}
+        if self.schema(delivery.collection) is None:
+            # Announced by a writer, so perhaps declared after this instance last
+            # read the config (at most once per refresh interval otherwise).
+            self._reload_collections()
+        schema = self.require_schema(delivery.collection)
+        before, now = self.searcher.refresh(schema.name, delivery.version)
+        outcome = "refreshed" if now > before else "unchanged"
+        self.metrics.events_received.labels(outcome=outcome).inc()
+        return {"collection": schema.name, "announced": delivery.version,
+                "previous": before, "version": now, "refreshed": now > before}  # fmt: skip
 
     # ----------------------------------------------------------------- ingest
 
@@ -247,6 +306,7 @@ class Brainy:
             started = time.perf_counter()
             results.append(self.indexer.index(key))
             self.metrics.index_seconds.observe(time.perf_counter() - started)
+        self.flush_events()
         return results
 
     def index_key(self, key: str) -> IndexResult:
@@ -406,7 +466,9 @@ class Brainy:
             raise Forbidden("mode", "a read-only instance cannot compact")
         self._require_clock()
         names = [collection] if collection else sorted(self.collections())
-        return [maintain(self.maintenance, name, force=force) for name in names]
+        reports = [maintain(self.maintenance, name, force=force) for name in names]
+        self.flush_events()
+        return reports
 
     # ----------------------------------------------------------------- status
 
@@ -453,6 +515,8 @@ class Brainy:
         }
 
     def close(self) -> None:
+        if self.broadcaster is not None:
+            self.broadcaster.close()
         if self._searcher is not None:
             self._searcher.close()
         self.store.close()

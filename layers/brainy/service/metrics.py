@@ -67,6 +67,22 @@ class Metrics:
             "Sampled queries whose recall was measured",
             registry=self.registry,
         )
+        self.events_published = Counter(
+            "brainy_events_published",
+            "Index-updated events by sink and outcome (ok, error, dropped: the queue was full)",
+            ["sink", "outcome"],
+            registry=self.registry,
+        )
+        self.events_received = Counter(
+            "brainy_events_received",
+            "Index-updated events received on POST /events, by outcome (refreshed,"
+            " unchanged: the version was already served, confirmed, ignored)",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def count_event(self, sink: str, outcome: str) -> None:
+        self.events_published.labels(sink=sink, outcome=outcome).inc()
 
     def count_request(self, kind: str) -> None:
         self.store_requests.labels(kind=kind).inc()

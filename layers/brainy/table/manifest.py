@@ -271,6 +271,9 @@ class Manifests:
             an upload begun, more than half of it ago is too old to commit on.
         clock_margin: the clock skew allowed between instances (`max_clock_skew`).
         clock: monotonic seconds (tests pass a fake one).
+        on_commit: called with (parent, new) after each commit this object lands
+            (the manifest hint written); it must not block or raise (see
+            `brainy.write.broadcast`: it only queues an event).
     """
 
     def __init__(
@@ -281,6 +284,7 @@ class Manifests:
         gc_grace: float = DEFAULT_GC_GRACE,
         clock_margin: float = DEFAULT_CLOCK_MARGIN,
         clock: Callable[[], float] = time.monotonic,
+        on_commit: Callable[[Manifest, Manifest], None] | None = None,
     ) -> None:
         self.store = store
         self.collection = collection
@@ -289,6 +293,7 @@ class Manifests:
         self.confirm_window = gc_grace / 2
         self.clock_margin = clock_margin
         self.clock = clock
+        self.on_commit = on_commit
 
     def key(self, version: int) -> str:
         return f"{self.prefix}{version:020d}.json"
@@ -391,6 +396,7 @@ class Manifests:
         """
         commit_id = uuid.uuid4().hex
         current = self.latest() if base is None else base
+        tried_on: Manifest | None = None  # the parent of the latest put
         for attempt in range(max_attempts):
             if current is not None and self.clock() - current.confirmed > self.confirm_window:
                 # Too long since this base was seen newest: versions after it may
@@ -399,6 +405,7 @@ class Manifests:
             parent = current or empty_manifest(self.collection, schema)
             if parent.commit_id == commit_id:
                 # A put whose response was lost did land: it is our commit.
+                self._committed(tried_on, parent)
                 return parent, True
             if self.stale(uploaded_at):
                 raise StaleUpload(
@@ -417,6 +424,7 @@ class Manifests:
                 floor=max(new.floor, parent.floor),
                 swept=max(new.swept, parent.swept),
             )
+            tried_on = parent
             try:
                 self.store.put(self.key(new.version), new.to_json(), if_absent=True)
             except PreconditionFailed:
@@ -424,10 +432,22 @@ class Manifests:
                 current = self.probe_forward(parent)
                 continue
             self.write_hint(new.version)
+            self._committed(parent, new)
             return replace(new, confirmed=self.clock()), True
         raise CommitFailed(
             f"{self.collection}: could not commit after {max_attempts} attempts (contention)"
         )
+
+    def _committed(self, parent: Manifest | None, new: Manifest) -> None:
+        if self.on_commit is None:
+            return
+        try:
+            self.on_commit(parent or empty_manifest(self.collection, new.schema), new)
+        except Exception:
+            # The commit has landed: nothing after it may turn it into a failure.
+            log.exception(
+                "%s: the commit hook failed after version %d", self.collection, new.version
+            )
 
 
 class ManifestView:
@@ -509,6 +529,22 @@ class ManifestView:
     def _advance(self, manifest: Manifest | None) -> None:
         with self._lock:
             self._keep_newest(manifest)
+
+    def refresh_to(self, version: int) -> tuple[int, Manifest | None]:
+        """Refresh now because `version` was announced (an index-updated event);
+        a version at or below the one held changes nothing and costs no request.
+
+        Returns:
+            (the version held before, the manifest held now).
+        """
+        held = self._current.version if self._current is not None else 0
+        if version <= held:
+            return held, self._current
+        current = self.current(force=True)
+        if current is None or current.version < version:
+            # The hint may lag the announced commit: look past it directly.
+            self._advance(self.manifests.probe_forward(current, 0))
+        return held, self._current
 
     def wait_for(self, version: int, timeout: float) -> Manifest | None:
         """Refresh until `version` is visible or `timeout` passes (read-your-writes)."""
