@@ -7,15 +7,13 @@ its own process group, and `stop()` ends the whole group. Tests that need it ski
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
 from pathlib import Path
 
-from servers import LOOPBACK, Emulator, _die_with_parent, _wait_until_ready, free_port
+from brainy.entry.processes import LOOPBACK, start_server
+from servers import Emulator
 
 PROJECT = "brainy-test"
 
@@ -44,37 +42,21 @@ class PubSubEmulator(Emulator):
     def host(self) -> str:
         return self.endpoint.removeprefix("http://")
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-        super().stop()
-
 
 def start_pubsub() -> PubSubEmulator:
-    port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="brainy-pubsub-"))
     (workdir / "data").mkdir()
-    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed by Emulator.stop
-    argv = [
-        "gcloud", "beta", "emulators", "pubsub", "start",
-        f"--host-port={LOOPBACK}:{port}", f"--project={PROJECT}",
-        f"--data-dir={workdir / 'data'}",
-    ]  # fmt: skip
+
+    def argv(port: int) -> list[str]:
+        return [
+            "gcloud", "beta", "emulators", "pubsub", "start",
+            f"--host-port={LOOPBACK}:{port}", f"--project={PROJECT}",
+            f"--data-dir={workdir / 'data'}",
+        ]  # fmt: skip
+
+    # java is gcloud's child: the group the emulator runs in is stopped whole.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUBSUB_")}
-    process = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,  # java is its child: stop() ends the group
-        preexec_fn=_die_with_parent(),
-    )
-    emulator = PubSubEmulator("pubsub", f"http://{LOOPBACK}:{port}", process, workdir, log)
-    try:
-        _wait_until_ready(emulator, emulator.endpoint + "/")
-    except BaseException:
-        emulator.stop()
-        raise
-    return emulator
+    return start_server(
+        "pubsub", argv, env, lambda _: workdir / "server.log", "/",
+        make=PubSubEmulator, workdir=workdir,
+    )  # fmt: skip
