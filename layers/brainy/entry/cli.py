@@ -257,6 +257,17 @@ def _locks_parser(sub: Subparsers) -> None:
     p.add_argument("resource")
 
 
+# `brainy source <name>`: one entry per source (its module's `<name>_command`).
+SOURCES: tuple[Callable[[Subparsers], None], ...] = ()
+
+
+def _source_parser(sub: Subparsers) -> None:
+    p = add_command(sub, "source", "run a long-lived source that writes into a collection")
+    inner = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    for add in SOURCES:
+        add(inner)
+
+
 # One entry per subcommand; a new subcommand adds its function here.
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _demo_parser,
@@ -269,6 +280,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _sweep_parser,
     _verify_parser,
     _locks_parser,
+    _source_parser,
 )
 
 
