@@ -29,6 +29,7 @@ from brainy.core.config import (
     store_url_from_env,
 )
 from brainy.core.errors import BrainyError
+from brainy.entry.bluesky import bluesky_command
 from brainy.entry.demo import DEMO_STORE, reset_store, run_demo
 from brainy.service.app import Brainy
 from brainy.storage import ObjectStore, ReadOnlyStore, StorageError, open_store
@@ -258,7 +259,7 @@ def _locks_parser(sub: Subparsers) -> None:
 
 
 # `brainy source <name>`: one entry per source (its module's `<name>_command`).
-SOURCES: tuple[Callable[[Subparsers], None], ...] = ()
+SOURCES: tuple[Callable[[Subparsers], None], ...] = (bluesky_command,)
 
 
 def _source_parser(sub: Subparsers) -> None:
