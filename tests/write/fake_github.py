@@ -45,6 +45,8 @@ class FakeRepo:
     language: str | None = "Python"
     topics: list[str] = field(default_factory=list)
     pushed_at: str = "2026-01-01T00:00:00Z"
+    updated_at: str = "2026-01-02T00:00:00Z"
+    created_at: str = "2020-01-01T00:00:00Z"
     status: int = 200  # 404: deleted after being listed, 451: blocked
 
     @property
@@ -69,6 +71,8 @@ def make_repos(n: int, start: int = 1, step: int = 3) -> list[FakeRepo]:
                 language=["Python", "Go", None][i % 3],
                 topics=[words[i % 7], "demo"] if i % 2 else [],
                 pushed_at=f"2026-01-{1 + i % 28:02d}T00:00:00Z",
+                updated_at=f"2026-01-{1 + i % 20:02d}T12:00:00Z",
+                created_at=f"2019-{1 + i % 12:02d}-01T00:00:00Z",
             )
         )
     if n > 12:
@@ -253,6 +257,7 @@ class FakeGitHub:
             "id": repo.id, "full_name": repo.full_name, "description": repo.description,
             "stargazers_count": repo.stars, "language": repo.language, "topics": repo.topics,
             "html_url": f"https://github.com/{repo.full_name}", "pushed_at": repo.pushed_at,
+            "updated_at": repo.updated_at, "created_at": repo.created_at,
         }  # fmt: skip
         return 200, {"content-type": "application/json"}, _json(details)
 

@@ -31,6 +31,7 @@ from brainy.core.config import (
 from brainy.core.errors import BrainyError
 from brainy.entry.bluesky import bluesky_command
 from brainy.entry.demo import DEMO_STORE, reset_store, run_demo
+from brainy.entry.github import github_command
 from brainy.service.app import Brainy
 from brainy.storage import ObjectStore, ReadOnlyStore, StorageError, open_store
 from brainy.table.manifest import CommitFailed
@@ -259,7 +260,7 @@ def _locks_parser(sub: Subparsers) -> None:
 
 
 # `brainy source <name>`: one entry per source (its module's `<name>_command`).
-SOURCES: tuple[Callable[[Subparsers], None], ...] = (bluesky_command,)
+SOURCES: tuple[Callable[[Subparsers], None], ...] = (bluesky_command, github_command)
 
 
 def _source_parser(sub: Subparsers) -> None:

@@ -37,10 +37,19 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from brainy.write.sources.ratelimit import Clock, SystemClock, TokenBucket, backoff_delay
+from brainy.core.errors import BrainyError
+from brainy.write.sources.ratelimit import (
+    Clock,
+    Interrupted,
+    SystemClock,
+    TokenBucket,
+    backoff_delay,
+)
+from brainy.write.sources.writer import UPSERT, SourceRecord, SourceWriter
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +72,12 @@ RESET_MARGIN = 1.0  # seconds past x-ratelimit-reset before the next request
 HEAD_POLL_INTERVAL = 60.0  # seconds between polls once the crawl reached the newest repository
 
 
-class GitHubError(Exception):
-    """GitHub refused or kept failing a request; `field` names what to fix."""
+class GitHubError(BrainyError):
+    """GitHub refused or kept failing a request; `field` names what to fix (the
+    token, the API URL). The crawl stops; its cursor stays at the last durable batch."""
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
+    status = 502
+    code = "github"
 
 
 # --------------------------------------------------------------------- transport
@@ -211,6 +219,7 @@ class GitHubClient:
         burst: int = DEFAULT_BURST,
         etags: ETagCache | None = None,
         stats: CrawlStats | None = None,
+        on_limit_wait: Callable[[float], None] | None = None,
     ) -> None:
         parts = urlsplit(api)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -222,6 +231,7 @@ class GitHubClient:
         self.bucket = TokenBucket(rate, burst, self.clock)
         self.etags = etags if etags is not None else ETagCache()
         self.stats = stats or CrawlStats()
+        self.on_limit_wait = on_limit_wait
         self._blocked_until = 0.0  # wall time: the primary budget is spent until then
 
     def url(self, path: str) -> str:
@@ -314,6 +324,8 @@ class GitHubClient:
     def _sleep_for_limit(self, seconds: float) -> None:
         self.stats.rate_limit_waits += 1
         self.stats.rate_limit_wait_seconds += seconds
+        if self.on_limit_wait is not None:
+            self.on_limit_wait(seconds)
         self.clock.sleep(seconds)
 
     def _server_failure(self, url: str, failures: int, what: str) -> int:
@@ -364,8 +376,18 @@ class Repository:
     id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
-    fetched_us: int = 0
+    updated_us: int | None = None  # the newer of pushed_at and updated_at
+    created_us: int | None = None
     gone: bool = False
+
+    def record(self) -> SourceRecord:
+        """The record written for it. Its timestamp is the repository's own
+        (the newer of `pushed_at` and `updated_at`): a later crawl that finds it
+        changed outranks the earlier record, and re-reading an unchanged
+        repository after a restart gives the very same record (and batch key)."""
+        return SourceRecord(
+            self.id, UPSERT, text=self.text, metadata=self.metadata, timestamp_us=self.updated_us
+        )
 
 
 def next_link(headers: Mapping[str, str]) -> str | None:
@@ -448,10 +470,9 @@ class GitHubCrawler:
         position = int(summary["id"])
         full_name = str(summary["full_name"])
         details = self.client.get(f"/repos/{full_name}")
-        fetched_us = int(self.client.clock.time() * 1_000_000)
         if details.status in (404, 403, 410, 451):
             self.stats.unavailable += 1
-            return Repository(position, f"gh:{full_name}", "", fetched_us=fetched_us, gone=True)
+            return Repository(position, f"gh:{full_name}", "", gone=True)
         if details.status != 200:
             raise GitHubError(
                 "--api", f"GET /repos/{full_name}: HTTP {details.status}: {_page_error(details)}"
@@ -471,7 +492,11 @@ class GitHubCrawler:
                 "url": repo.get("html_url"),
                 "pushed_at": repo.get("pushed_at"),
             },
-            fetched_us=fetched_us,
+            updated_us=max(
+                (t for t in map(_micros, (repo.get("pushed_at"), repo.get("updated_at"))) if t),
+                default=None,
+            ),
+            created_us=_micros(repo.get("created_at")),
         )
 
     def readme(self, full_name: str) -> str | None:
@@ -486,6 +511,40 @@ class GitHubCrawler:
         raise GitHubError(
             "--api", f"GET /repos/{full_name}/readme: HTTP {answer.status}: {_page_error(answer)}"
         )
+
+
+def _micros(value: Any) -> int | None:
+    """An ISO 8601 time (`2026-01-01T00:00:00Z`) in microseconds since the epoch."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(value).timestamp() * 1_000_000)
+    except ValueError:
+        return None
+
+
+def crawl(
+    crawler: GitHubCrawler,
+    writer: SourceWriter,
+    since: int,
+    should_stop: Callable[[], bool],
+    *,
+    follow_head: bool,
+    on_repository: Callable[[Repository], None] | None = None,
+) -> None:
+    """Crawl from `since` into `writer` until `should_stop()`, the end of the
+    listing (unless `follow_head`) or an interrupted wait. A repository that is
+    gone is skipped, so the checkpoint can move past it with the next batch."""
+    try:
+        for repo in crawler.repositories(since, should_stop, follow_head=follow_head):
+            if on_repository is not None:
+                on_repository(repo)
+            if repo.gone:
+                writer.skip(repo.position)
+            else:
+                writer.add(repo.record(), repo.position)
+    except Interrupted as e:
+        log.info("github crawl stopped: %s", e)
 
 
 def _page_error(answer: Answer) -> str:

@@ -40,6 +40,28 @@ class SystemClock:
             time.sleep(seconds)
 
 
+class Interrupted(Exception):
+    """A wait was cut short: the process is stopping, or the wait would outlast
+    the run's time budget."""
+
+
+class StoppableClock(SystemClock):
+    """The real clock, whose waits end early (raising `Interrupted`) when `stop`
+    is set or when they would run past `deadline` (monotonic seconds): a
+    signalled process does not sit out an hour's rate-limit reset, and a
+    scheduled run does not wait beyond its budget for one."""
+
+    def __init__(self, stop: threading.Event, deadline: float | None = None) -> None:
+        self.stop = stop
+        self.deadline = deadline
+
+    def sleep(self, seconds: float) -> None:
+        if self.deadline is not None and self.monotonic() + seconds > self.deadline:
+            raise Interrupted(f"a {seconds:.0f}s wait would outlast the time budget")
+        if self.stop.wait(max(0.0, seconds)):
+            raise Interrupted("stopping")
+
+
 class FakeClock:
     """A clock that moves only when something sleeps on it (tests). Thread-safe:
     a fake server may read it while the crawler sleeps.
