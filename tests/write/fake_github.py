@@ -35,6 +35,32 @@ LOOPBACK = "127.0.0.1"
 TOKEN = "ghp_test_token"
 
 
+class FakeClock:
+    """A clock that moves only when something sleeps on it (tests). Thread-safe:
+    a fake server may read it while the crawler sleeps.
+
+    Attributes:
+        slept: every sleep asked for, in order (seconds).
+    """
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+        self.slept: list[float] = []
+
+    def time(self) -> float:
+        with self._lock:
+            return self._now
+
+    def monotonic(self) -> float:
+        return self.time()
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.slept.append(seconds)
+            self._now += max(0.0, seconds)
+
+
 @dataclass
 class FakeRepo:
     id: int

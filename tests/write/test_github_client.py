@@ -6,10 +6,12 @@ and the server's log shows the request budget kept."""
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
-from tests.write.fake_github import TOKEN, FakeGitHub, make_repos
+from tests.write.fake_github import TOKEN, FakeClock, FakeGitHub, make_repos
 
 from brainy.write.sources.github import (
     README_CHARS,
@@ -20,7 +22,7 @@ from brainy.write.sources.github import (
     Repository,
     next_link,
 )
-from brainy.write.sources.ratelimit import FakeClock, TokenBucket
+from brainy.write.sources.ratelimit import Interrupted, StoppableClock, TokenBucket
 
 RATE, BURST = 10.0, 20
 
@@ -203,6 +205,16 @@ def test_an_api_url_that_is_not_http_is_refused():
     with pytest.raises(GitHubError) as e:
         GitHubClient("ftp://example")
     assert e.value.field == "--api"
+
+
+def test_a_stoppable_clock_ends_waits_on_stop_and_at_its_deadline():
+    stop = threading.Event()
+    budget = StoppableClock(stop, deadline=time.monotonic() + 5.0)
+    with pytest.raises(Interrupted, match="time budget"):
+        budget.sleep(3600.0)  # a reset an hour away: not waited for at all
+    stop.set()
+    with pytest.raises(Interrupted, match="stopping"):
+        StoppableClock(stop).sleep(3600.0)
 
 
 def test_link_header_next():

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.write.fake_github import TOKEN, FakeGitHub, make_repos
+from tests.write.fake_github import TOKEN, FakeClock, FakeGitHub, make_repos
 
+from brainy.entry.cli import main
 from brainy.entry.github import read_github
 from brainy.entry.sources import run_source
 from brainy.format.batch import Batch
 from brainy.write.sources import Cursor
-from brainy.write.sources.ratelimit import FakeClock
 from faults import FaultyStore
 from helpers import declare, live_state, make_app
 
@@ -134,3 +134,13 @@ def test_a_run_with_a_time_budget_stops_checkpoints_and_the_next_carries_on(app,
     assert run(app, fake, clock) == 0
     assert_written_once(app, fake)
     assert fake.violations == []
+
+
+def test_the_command_refuses_a_bad_api_url_and_an_unknown_collection(app, capsys):
+    store = ["--store", app.store.url]
+    with pytest.raises(SystemExit) as e:
+        main(["source", "github", "--collection", COLLECTION, "--api", "ftp://x", *store], {})
+    assert e.value.code == 2
+    assert "--api: expected an http(s) URL" in capsys.readouterr().err
+    assert main(["source", "github", "--collection", "nope", *store], {"PORT": "0"}) == 2
+    assert "error: collection: unknown collection 'nope'" in capsys.readouterr().err

@@ -28,7 +28,9 @@ from brainy.write.sources.github import (
     CrawlStats,
     GitHubClient,
     GitHubCrawler,
+    GitHubError,
     Repository,
+    check_api_url,
     crawl,
 )
 from brainy.write.sources.ratelimit import Clock, StoppableClock
@@ -50,6 +52,13 @@ def _seconds(value: str) -> float:
     return x
 
 
+def _api_url(value: str) -> str:
+    try:
+        return check_api_url(value)
+    except GitHubError as e:
+        raise argparse.ArgumentTypeError(e.reason) from None
+
+
 def github_command(sub: Any) -> None:
     """Adds `brainy source github` (listed in `entry/cli.py`'s `SOURCES`)."""
     p = add_source_command(
@@ -61,7 +70,7 @@ def github_command(sub: Any) -> None:
         batch_size=BATCH_SIZE,
         flush_interval=FLUSH_INTERVAL,
     )
-    p.add_argument("--api", default=DEFAULT_API, metavar="URL",
+    p.add_argument("--api", type=_api_url, default=DEFAULT_API, metavar="URL",
                    help=f"the REST API's base URL (default {DEFAULT_API})")  # fmt: skip
     p.add_argument(
         "--max-seconds",
@@ -123,7 +132,7 @@ def read_github(
         clock=clock,
         transport=transport,
         stats=stats,
-        on_limit_wait=lambda _: ctx.stats.count("rate_limit_waits"),
+        count=ctx.stats.count,
     )
     ctx.app.metrics.registry.register(GitHubCollector(stats, lambda: last[0] if last else None))
     since = ctx.start.position if ctx.start is not None else 0

@@ -80,6 +80,18 @@ class GitHubError(BrainyError):
     code = "github"
 
 
+def check_api_url(api: str) -> str:
+    """`api` if it is an http(s) URL with a host.
+
+    Raises:
+        GitHubError: naming `--api`.
+    """
+    parts = urlsplit(api)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise GitHubError("--api", f"expected an http(s) URL, got {api!r}")
+    return api
+
+
 # --------------------------------------------------------------------- transport
 
 
@@ -219,19 +231,17 @@ class GitHubClient:
         burst: int = DEFAULT_BURST,
         etags: ETagCache | None = None,
         stats: CrawlStats | None = None,
-        on_limit_wait: Callable[[float], None] | None = None,
+        count: Callable[[str], object] | None = None,
     ) -> None:
-        parts = urlsplit(api)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise GitHubError("--api", f"expected an http(s) URL, got {api!r}")
-        self.api = api.rstrip("/") + "/"
+        self.api = check_api_url(api).rstrip("/") + "/"
         self.token = token
         self.clock = clock or SystemClock()
         self.transport = transport or Urllib3Transport()
         self.bucket = TokenBucket(rate, burst, self.clock)
         self.etags = etags if etags is not None else ETagCache()
         self.stats = stats or CrawlStats()
-        self.on_limit_wait = on_limit_wait
+        # The source runner's shared counters: "rate_limit_waits", "reconnects".
+        self.count = count or (lambda name: None)
         self._blocked_until = 0.0  # wall time: the primary budget is spent until then
 
     def url(self, path: str) -> str:
@@ -268,6 +278,7 @@ class GitHubClient:
             try:
                 resp = self.transport("GET", url, headers)
             except OSError as e:
+                self.count("reconnects")
                 failures = self._server_failure(url, failures, f"{type(e).__name__}: {e}")
                 continue
             self._note_budget(resp.headers)
@@ -324,8 +335,7 @@ class GitHubClient:
     def _sleep_for_limit(self, seconds: float) -> None:
         self.stats.rate_limit_waits += 1
         self.stats.rate_limit_wait_seconds += seconds
-        if self.on_limit_wait is not None:
-            self.on_limit_wait(seconds)
+        self.count("rate_limit_waits")
         self.clock.sleep(seconds)
 
     def _server_failure(self, url: str, failures: int, what: str) -> int:

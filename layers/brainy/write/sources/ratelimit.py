@@ -2,9 +2,10 @@
 in tests (every wait goes through it), a token bucket, and capped exponential
 backoff with jitter.
 
-The clock is the seam: a crawler given a `FakeClock` never sleeps for real, and a
-fake server that reads the same clock records when, in the crawler's time, each
-request arrived, so a test can check the pacing without looking at wall time.
+The clock is the seam: a crawler given a fake clock (the tests') never sleeps for
+real, and a fake server that reads the same clock records when, in the
+crawler's time, each request arrived, so a test can check the pacing without
+looking at wall time.
 """
 
 from __future__ import annotations
@@ -60,32 +61,6 @@ class StoppableClock(SystemClock):
             raise Interrupted(f"a {seconds:.0f}s wait would outlast the time budget")
         if self.stop.wait(max(0.0, seconds)):
             raise Interrupted("stopping")
-
-
-class FakeClock:
-    """A clock that moves only when something sleeps on it (tests). Thread-safe:
-    a fake server may read it while the crawler sleeps.
-
-    Attributes:
-        slept: every sleep asked for, in order (seconds).
-    """
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-        self.slept: list[float] = []
-
-    def time(self) -> float:
-        with self._lock:
-            return self._now
-
-    def monotonic(self) -> float:
-        return self.time()
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.slept.append(seconds)
-            self._now += max(0.0, seconds)
 
 
 class TokenBucket:
