@@ -74,6 +74,7 @@ class FakeRepo:
     updated_at: str = "2026-01-02T00:00:00Z"
     created_at: str = "2020-01-01T00:00:00Z"
     status: int = 200  # 404: deleted after being listed, 451: blocked
+    listed_as: str | None = None  # renamed after being listed: the old name redirects
 
     @property
     def live(self) -> bool:
@@ -104,6 +105,7 @@ def make_repos(n: int, start: int = 1, step: int = 3) -> list[FakeRepo]:
     if n > 12:
         repos[9].status = 404
         repos[12].status = 451
+        repos[4].listed_as = f"former/{repos[4].full_name.split('/')[1]}"
     return repos
 
 
@@ -144,6 +146,7 @@ class FakeGitHub:
     ) -> None:
         self.repos = sorted(repos, key=lambda r: r.id)
         self.by_name = {r.full_name: r for r in self.repos}
+        self.renamed = {r.listed_as: r for r in self.repos if r.listed_as}
         self.clock = clock
         self.page_size = page_size
         self.limit = limit
@@ -262,14 +265,18 @@ class FakeGitHub:
             out = {"content-type": "application/json"}
             if page:
                 out["link"] = f'<{self.url}/repositories?since={page[-1].id}>; rel="next"'
+            names = [r.listed_as or r.full_name for r in page]
             listed = [
-                {"id": r.id, "full_name": r.full_name, "name": r.full_name.split("/")[1],
-                 "owner": {"login": r.full_name.split("/")[0]}, "description": r.description,
+                {"id": r.id, "full_name": name, "name": name.split("/")[1],
+                 "owner": {"login": name.split("/")[0]}, "description": r.description,
                  "fork": False}
-                for r in page
+                for r, name in zip(page, names, strict=True)
             ]  # fmt: skip
             return 200, out, _json(listed)
         m = re.fullmatch(r"/repos/([^/]+/[^/]+)(/readme)?", parts.path)
+        if m and m.group(1) in self.renamed:
+            moved = f"{self.url}/repos/{self.renamed[m.group(1)].full_name}{m.group(2) or ''}"
+            return 301, {"location": moved}, _json({"message": "Moved Permanently"})
         repo = self.by_name.get(m.group(1)) if m else None
         if repo is None:
             return 404, {}, _json({"message": "Not Found"})

@@ -107,30 +107,32 @@ Transport = Callable[[str, str, Mapping[str, str]], HttpResponse]
 
 
 class Urllib3Transport:
-    """Pooled keep-alive connections; no retries or redirects of its own (the
-    client decides), bodies cut at `MAX_BODY`."""
+    """Pooled keep-alive connections. Redirects (a renamed or transferred
+    repository answers 301/307) are followed; nothing is retried here (the
+    client decides); a body is cut at `MAX_BODY`."""
 
     def __init__(self, timeout: float = 30.0) -> None:
         import urllib3
 
-        self._urllib3 = urllib3
+        self._errors = urllib3.exceptions.HTTPError
+        retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5)
         self._pool = urllib3.PoolManager(
-            retries=False, timeout=urllib3.Timeout(connect=10.0, read=timeout)
+            retries=retries, timeout=urllib3.Timeout(connect=10.0, read=timeout)
         )
 
     def __call__(self, method: str, url: str, headers: Mapping[str, str]) -> HttpResponse:
         try:
-            resp = self._pool.request(
-                method, url, headers=dict(headers), redirect=False, preload_content=False
-            )
-        except self._urllib3.exceptions.HTTPError as e:
+            resp = self._pool.request(method, url, headers=dict(headers), preload_content=False)
+        except self._errors as e:
             raise ConnectionError(f"{method} {url}: {e}") from e
         try:
             body = resp.read(MAX_BODY)
-        except self._urllib3.exceptions.HTTPError as e:
+        except self._errors as e:
+            resp.close()
             raise ConnectionError(f"{method} {url}: reading the body: {e}") from e
-        finally:
-            resp.release_conn() if resp.length_remaining in (0, None) else resp.drain_conn()
+        if resp.length_remaining:
+            resp.close()  # the rest of an oversized body is not worth reading
+        resp.release_conn()
         return HttpResponse(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
 
 
@@ -480,19 +482,21 @@ class GitHubCrawler:
         position = int(summary["id"])
         full_name = str(summary["full_name"])
         details = self.client.get(f"/repos/{full_name}")
-        if details.status in (404, 403, 410, 451):
+        if details.status != 200:
+            # Deleted (404, 410), blocked (403, 451) or otherwise refused since it
+            # was listed: there is nothing to index, and the crawl goes on.
+            log.warning("GET /repos/%s: HTTP %d (%s): skipped", full_name, details.status,
+                        _page_error(details))  # fmt: skip
             self.stats.unavailable += 1
             return Repository(position, f"gh:{full_name}", "", gone=True)
-        if details.status != 200:
-            raise GitHubError(
-                "--api", f"GET /repos/{full_name}: HTTP {details.status}: {_page_error(details)}"
-            )
         repo = {**summary, **details.json()}
+        # Renamed since it was listed, its details (reached through a redirect)
+        # carry the name it has now: the record is filed under that one.
+        full_name = str(repo.get("full_name") or full_name)
         readme = self.readme(full_name)
         self.stats.repositories += 1
         return Repository(
             position=position,
-            # The listed name: a repository renamed since is still the one at this id.
             id=f"gh:{full_name}",
             text=record_text(full_name, repo.get("description"), readme),
             metadata={
@@ -513,14 +517,13 @@ class GitHubCrawler:
         answer = self.client.get(f"/repos/{full_name}/readme", accept=RAW)
         if answer.status == 200:
             return answer.body.decode("utf-8", errors="replace")
-        if answer.status in (404, 403, 451):
-            # No README (404), or one the repository's state hides: the record
-            # carries the name and description alone.
-            self.stats.without_readme += 1
-            return None
-        raise GitHubError(
-            "--api", f"GET /repos/{full_name}/readme: HTTP {answer.status}: {_page_error(answer)}"
-        )
+        # No README (404), or one the repository's state hides or refuses: the
+        # record carries the name and description alone.
+        if answer.status != 404:
+            log.warning("GET /repos/%s/readme: HTTP %d (%s)", full_name, answer.status,
+                        _page_error(answer))  # fmt: skip
+        self.stats.without_readme += 1
+        return None
 
 
 def _micros(value: Any) -> int | None:
