@@ -227,3 +227,55 @@ def test_a_busy_writer_makes_the_reader_wait(app) -> None:
     assert not blocked.is_alive()
     assert writer.close().position == 5
     assert sorted(index_all(app, "posts")) == [f"p{i}" for i in range(1, 6)]
+
+
+# --------------------------------------------------------- a crash at any point
+
+EVENTS = [
+    (1, post(1, ts=1)),
+    (2, post(2, ts=2)),
+    (3, SourceRecord("p1", "delete", timestamp_us=3)),
+    (4, post(4, ts=4)),
+    (5, post(5, ts=5)),
+    (6, SourceRecord("p4", "delete", timestamp_us=6)),
+    (7, post(7, ts=7)),
+]
+
+
+def run_source(app, store, resume_from: int | None, rewind: int = 2) -> None:
+    """What a source process does: read from a little before the cursor, close."""
+    writer = writer_for(app, store=store, batch_size=2)
+    for position, record in EVENTS:
+        if resume_from is None or position >= resume_from - rewind:
+            writer.add(record, position)
+    writer.close()
+
+
+def clean_run_calls(tmp_path: Path) -> int:
+    app = make_app(f"file://{tmp_path}/clean", tmp_path)
+    declare(app, "posts", dimension=16)
+    store = app.store = FaultyStore(app.store)
+    run_source(app, store, None)
+    app.close()
+    return store.count
+
+
+@pytest.mark.parametrize("fault", ["crash-before", "crash-after"])
+def test_a_crash_at_any_store_call_then_a_restart_loses_nothing(tmp_path: Path, fault) -> None:
+    calls = clean_run_calls(tmp_path)
+    assert calls >= 10
+    for n in range(1, calls + 1):
+        app = make_app(f"file://{tmp_path}/{fault}-{n}", tmp_path)
+        declare(app, "posts", dimension=16)
+        real = app.store
+        faulty = FaultyStore(real, {n: fault})
+        app.store = faulty
+        with pytest.raises(Exception):  # noqa: B017 - the process dies, whatever it was doing
+            run_source(app, faulty, None)
+        assert faulty.fired(), f"call {n} was never made"
+        app.store = real
+        cursor = Cursor(real, "test", "posts").read()
+        # Nothing past the cursor without its batch: a restart from it loses nothing.
+        run_source(app, real, None if cursor is None else cursor.position)
+        assert sorted(index_all(app, "posts")) == ["p2", "p5", "p7"], (fault, n)
+        app.close()

@@ -209,7 +209,13 @@ class JetstreamReader:
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            on_stop(lambda: loop.call_soon_threadsafe(stop.set))
+
+            def wake() -> None:
+                # A second signal may come while the runner flushes, the loop gone.
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(stop.set)
+
+            on_stop(wake)
             if stopping.is_set():
                 stop.set()
             await self.run(stop)
