@@ -190,6 +190,17 @@ def test_a_restarted_server_loses_nothing(plain, clock):
     assert [r.position for r in got] == [r.id for r in fake.repos]
 
 
+def test_a_budget_spent_by_another_client_is_waited_for_until_its_reset(plain, clock):
+    fake = plain
+    fake._remaining = 0  # another client of the same token spent it
+    reset = fake._reset
+    repos = _crawl(_crawler(fake, clock))
+    assert [r.position for r in repos] == [r.id for r in fake.repos]
+    refused = [s for s in fake.log if s.status == 403]
+    assert len(refused) == 1 and refused[0] is fake.log[0]  # the one it could not foresee
+    assert fake.log[1].at >= reset
+
+
 def test_a_refused_token_names_github_token(fake, clock):
     with pytest.raises(GitHubError) as e:
         _crawl(_crawler(fake, clock, token="wrong"))

@@ -144,3 +144,11 @@ def test_the_command_refuses_a_bad_api_url_and_an_unknown_collection(app, capsys
     assert "--api: expected an http(s) URL" in capsys.readouterr().err
     assert main(["source", "github", "--collection", "nope", *store], {"PORT": "0"}) == 2
     assert "error: collection: unknown collection 'nope'" in capsys.readouterr().err
+
+
+def test_a_refused_token_stops_the_command_naming_github_token(app, fake, capsys):
+    argv = ["source", "github", "--collection", COLLECTION, "--api", fake.url,
+            "--store", app.store.url]  # fmt: skip
+    assert main(argv, {"GITHUB_TOKEN": "wrong", "PORT": "0"}) == 2
+    assert "error: GITHUB_TOKEN: refused by" in capsys.readouterr().err
+    assert Cursor(app.store, "github", COLLECTION).read() is None

@@ -325,9 +325,10 @@ class GitHubClient:
                 f"{_message(resp)}"
             )  # fmt: skip
         retry_after = _number(resp.headers.get("retry-after"))
+        spent = resp.headers.get("x-ratelimit-remaining") == "0"
         if retry_after is not None:
             wait = retry_after
-        elif resp.headers.get("x-ratelimit-remaining") == "0":
+        elif spent and _number(resp.headers.get("x-ratelimit-reset")) is not None:
             return  # `_note_budget` set the reset: the next attempt waits for it
         else:
             wait = min(MAX_SECONDARY_WAIT, SECONDARY_WAIT * 2**attempt)
