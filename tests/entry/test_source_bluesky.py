@@ -263,3 +263,19 @@ def test_an_unknown_collection_is_refused_before_anything_is_read(env) -> None:
     assert source.proc.returncode == 2
     assert "error: collection: unknown collection 'nope'" in source.output()
     assert jetstream.connections == []
+
+
+def test_a_batch_that_cannot_be_written_stops_it_with_status_1_before_the_cursor(env) -> None:
+    # A file where the collection's wal/ folder should be: every batch put fails.
+    blocker = env["tmp"] / "bucket" / "posts" / "wal"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")
+    source, jetstream = start(env)
+    assert source.proc.wait(60) == 1, source.output()
+    assert "could not be made durable" in source.output()
+    assert cursor(env) is None
+    blocker.unlink()
+    source, _ = start(env, jetstream)
+    wait_for(lambda: cursor(env) == LAST, "the last event's checkpoint", source)
+    assert source.stop() == 0, source.output()
+    assert_live_set(env)
