@@ -92,9 +92,15 @@ class Source:
     """One `brainy source bluesky` process."""
 
     def __init__(
-        self, url: str, jetstream: str, tmp: Path, *args: str, collection: str = "posts"
+        self,
+        url: str,
+        jetstream: str,
+        tmp: Path,
+        *args: str,
+        collection: str = "posts",
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = tmp / f"source-{time.monotonic_ns()}.log"
         env = {**os.environ, "BRAINY_STORE": url, "PORT": str(self.port),
                "BRAINY_CACHE_DIR": str(tmp / "source-cache"),
@@ -262,4 +268,33 @@ def test_an_unknown_collection_is_refused_before_anything_is_read(env) -> None:
     source.proc.wait(60)
     assert source.proc.returncode == 2
     assert "error: collection: unknown collection 'nope'" in source.output()
+    assert jetstream.connections == []
+
+
+def test_a_batch_that_cannot_be_written_stops_it_with_status_1_before_the_cursor(env) -> None:
+    # A file where the collection's wal/ folder should be: every batch put fails.
+    blocker = env["tmp"] / "bucket" / "posts" / "wal"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")
+    source, jetstream = start(env)
+    assert source.proc.wait(60) == 1, source.output()
+    assert "could not be made durable" in source.output()
+    assert cursor(env) is None
+    blocker.unlink()
+    source, _ = start(env, jetstream)
+    wait_for(lambda: cursor(env) == LAST, "the last event's checkpoint", source)
+    assert source.stop() == 0, source.output()
+    assert_live_set(env)
+
+
+def test_a_port_in_use_is_refused_before_anything_is_read(env) -> None:
+    jetstream = FakeJetstream.of(scenario()).start()
+    env["started"].append(jetstream)
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        source = Source(env["url"], jetstream.url, env["tmp"], port=taken.getsockname()[1])
+        env["started"].append(source)
+        assert source.proc.wait(60) == 2
+    assert "error: PORT: cannot listen on port" in source.output()
     assert jetstream.connections == []

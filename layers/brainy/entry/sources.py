@@ -224,11 +224,21 @@ def _handler(ctx: SourceContext) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@contextlib.contextmanager
-def serving(ctx: SourceContext, port: int) -> Iterator[ThreadingHTTPServer]:
-    """`/health` and `/metrics` on `port` (all interfaces, as a container needs)."""
-    server = ThreadingHTTPServer(("", port), _handler(ctx))
+def listen(port: int) -> ThreadingHTTPServer:
+    """A server bound to `port` on all interfaces (as a container needs), not yet
+    serving: bound first, so a port in use is refused before anything is read."""
+    try:
+        server = ThreadingHTTPServer(("", port), BaseHTTPRequestHandler)
+    except OSError as e:
+        raise InvalidInput("PORT", f"cannot listen on port {port} ({e})") from None
     server.daemon_threads = True
+    return server
+
+
+@contextlib.contextmanager
+def serving(ctx: SourceContext, server: ThreadingHTTPServer) -> Iterator[ThreadingHTTPServer]:
+    """`/health` and `/metrics` on `server` while the source runs."""
+    server.RequestHandlerClass = _handler(ctx)
     thread = threading.Thread(target=server.serve_forever, name="brainy-source-http",
                               daemon=True)  # fmt: skip
     thread.start()
@@ -291,19 +301,23 @@ def run_source(
     if args.batch_size > app.settings.max_records:
         raise InvalidInput("--batch-size", f"{args.batch_size} records; at most "
                            f"{app.settings.max_records} (the max_records setting)")  # fmt: skip
-    port = port_from_env(os.environ if env is None else env)
+    server = listen(port_from_env(os.environ if env is None else env))
     cursor = Cursor(app.store, source, collection)
     stats = SourceStats()
-    writer = SourceWriter(
-        app.ingest, schema, cursor, stats,
-        batch_size=args.batch_size, flush_interval=args.flush_interval,
-    )  # fmt: skip
+    try:
+        writer = SourceWriter(
+            app.ingest, schema, cursor, stats,
+            batch_size=args.batch_size, flush_interval=args.flush_interval,
+        )  # fmt: skip
+    except BaseException:
+        server.server_close()
+        raise
     ctx = SourceContext(source, collection, app, writer, stats, start=stats.cursor)
     writer.on_failure = lambda _: ctx.stop()
     app.metrics.registry.register(SourceCollector(ctx))
     start = "the beginning" if ctx.start is None else f"position {ctx.start.position}"
     log.info("source %s -> %s: starting from %s", source, collection, start)
-    with serving(ctx, port), stop_on_signals(ctx):
+    with serving(ctx, server), stop_on_signals(ctx):
         try:
             read(ctx)
         except WriterFailed as e:
