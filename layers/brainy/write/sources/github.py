@@ -26,7 +26,8 @@ GETs are conditional: a response's ETag (and body) are kept in a bounded LRU and
 sent back as `If-None-Match`; an authorised 304 does not count against the
 hourly limit. That pays where the crawler asks again for what it asked before:
 the empty page at the head of the id space, polled while waiting for new
-repositories, and the pages and repositories re-read after a restart.
+repositories. The cache lives in memory only: after a restart the crawl goes on
+past everything it read, so stored ETags would hardly ever match again.
 """
 
 from __future__ import annotations
