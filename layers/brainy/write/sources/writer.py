@@ -179,7 +179,6 @@ class SourceWriter:
         batch_size: int = 10_000,
         flush_interval: float = 5.0,
         retry: RetryPolicy = DEFAULT_FLUSH_RETRY,
-        clock: Callable[[], float] = time.monotonic,
         on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         if batch_size < 1:
@@ -195,7 +194,6 @@ class SourceWriter:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.retry = retry
-        self._clock = clock
         self._cond = threading.Condition()
         self._open = _Batch()
         self._sealed: _Batch | None = None
@@ -245,7 +243,7 @@ class SourceWriter:
         with self._cond:
             self._raise_if_failed()
             opens = self._open.empty
-            self._open.note(position, self._clock())
+            self._open.note(position, time.monotonic())
             if opens:
                 self._cond.notify_all()  # the flusher times the batch from now
 
@@ -277,7 +275,7 @@ class SourceWriter:
         return False
 
     def _append(self, record: SourceRecord, position: int) -> None:
-        self._open.add(record, position, self._clock())
+        self._open.add(record, position, time.monotonic())
         if self._open.count >= self.batch_size and self._sealed is None:
             self._seal()
         elif self._open.count == 1:
@@ -301,7 +299,7 @@ class SourceWriter:
         with self._cond:
             while self._sealed is None:
                 if not self._open.empty:
-                    waited = self._clock() - (self._open.opened or 0.0)
+                    waited = time.monotonic() - (self._open.opened or 0.0)
                     if self._closing or waited >= self.flush_interval:
                         self._seal()
                         break
