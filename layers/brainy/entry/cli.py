@@ -29,8 +29,10 @@ from brainy.core.config import (
     store_url_from_env,
 )
 from brainy.core.errors import BrainyError
+from brainy.entry.bluesky import bluesky_command
 from brainy.entry.demo import DEMO_STORE, reset_store, run_demo
 from brainy.entry.dev import dev_command
+from brainy.entry.github import github_command
 from brainy.entry.relay import relay_command
 from brainy.service.app import Brainy
 from brainy.storage import ObjectStore, ReadOnlyStore, StorageError, open_store
@@ -259,6 +261,17 @@ def _locks_parser(sub: Subparsers) -> None:
     p.add_argument("resource")
 
 
+# `brainy source <name>`: one entry per source (its module's `<name>_command`).
+SOURCES: tuple[Callable[[Subparsers], None], ...] = (bluesky_command, github_command)
+
+
+def _source_parser(sub: Subparsers) -> None:
+    p = add_command(sub, "source", "run a long-lived source that writes into a collection")
+    inner = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    for add in SOURCES:
+        add(inner)
+
+
 # One entry per subcommand; a new subcommand adds its function here.
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _demo_parser,
@@ -273,6 +286,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _locks_parser,
     relay_command,
     dev_command,
+    _source_parser,
 )
 
 

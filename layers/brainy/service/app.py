@@ -234,13 +234,19 @@ class Brainy:
     # ----------------------------------------------------------------- ingest
 
     def ingest(
-        self, payload: Mapping[str, Any], idempotency_key: str | None = None
+        self,
+        payload: Mapping[str, Any],
+        idempotency_key: str | None = None,
+        timestamps: Sequence[int] | None = None,
     ) -> IngestOutcome:
-        """Validate a request (`POST /ingest`'s body) and make it one durable batch."""
+        """Validate a request (`POST /ingest`'s body) and make it one durable batch.
+
+        `timestamps` (a source's own clock, one per record: records, then deletes)
+        replace the instance's clock as the records' last-writer-wins order."""
         started = self._start_ingest()
         key = check_idempotency_key(idempotency_key)
         request = validate(payload, self.settings, self.schema)
-        return self._write(request, key, started)
+        return self._write(request, key, started, timestamps)
 
     def ingest_vectors(
         self, collection: str, ids: Sequence[str], vectors: np.ndarray
@@ -257,9 +263,15 @@ class Brainy:
             raise Forbidden("mode", "this instance is read-only: ingest is refused")
         return time.perf_counter()
 
-    def _write(self, request: ValidRequest, key: str | None, started: float) -> IngestOutcome:
+    def _write(
+        self,
+        request: ValidRequest,
+        key: str | None,
+        started: float,
+        timestamps: Sequence[int] | None = None,
+    ) -> IngestOutcome:
         self._require_clock()
-        outcome = write_batch(self.store, request, self.writer_id, self.clock, key)
+        outcome = write_batch(self.store, request, self.writer_id, self.clock, key, timestamps)
         self.metrics.ingest_seconds.observe(time.perf_counter() - started)
         self.metrics.records_ingested.inc(outcome.accepted + outcome.deleted)
         return outcome

@@ -381,15 +381,28 @@ def write_batch(
     writer: str,
     clock: WriterClock,
     idempotency_key: str | None = None,
+    timestamps: Sequence[int] | None = None,
 ) -> IngestOutcome:
-    """Make the batch durable (put-if-absent) and only then report it accepted."""
+    """Make the batch durable (put-if-absent) and only then report it accepted.
+
+    Args:
+        timestamps: one per record (in `request.ids` order), in microseconds: a
+            source's own clock, so last-writer-wins orders its records by when the
+            source saw them. Default: the writer's clock.
+    """
     collection = request.schema.name
+    if timestamps is None:
+        stamps = clock.take(len(request.ids))
+    else:
+        stamps = np.asarray(timestamps, dtype=np.int64)
+        if stamps.shape != (len(request.ids),):
+            raise InvalidInput("timestamps", f"expected {len(request.ids)}, got {stamps.size}")
     batch = Batch(
         collection=collection,
         writer=writer,
         ids=request.ids,
         ops=request.ops,
-        timestamps=clock.take(len(request.ids)),
+        timestamps=stamps,
         vectors=request.vectors,
         metadata=request.metadata,
         request_hash=request.request_hash,
