@@ -22,7 +22,12 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from brainy.entry.sources import SourceContext, add_source_command, run_source
+from brainy.entry.sources import (
+    SourceContext,
+    add_source_command,
+    positive_seconds,
+    run_source,
+)
 from brainy.write.sources.github import (
     DEFAULT_API,
     CrawlStats,
@@ -40,16 +45,6 @@ log = logging.getLogger(__name__)
 SOURCE = "github"
 BATCH_SIZE = 1_000  # the seed's: batches of 1,000 repositories or 10 s
 FLUSH_INTERVAL = 10.0
-
-
-def _seconds(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        x = math.nan
-    if not x > 0 or math.isinf(x):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
-    return x
 
 
 def _api_url(value: str) -> str:
@@ -74,7 +69,7 @@ def github_command(sub: Any) -> None:
                    help=f"the REST API's base URL (default {DEFAULT_API})")  # fmt: skip
     p.add_argument(
         "--max-seconds",
-        type=_seconds,
+        type=positive_seconds,
         metavar="S",
         help="crawl for at most S seconds (or until caught up), then flush, checkpoint and "
         "exit 0, as a scheduled job (default: run until SIGINT/SIGTERM)",

@@ -68,7 +68,7 @@ def _positive_int(value: str) -> int:
     return n
 
 
-def _positive_float(value: str) -> float:
+def positive_seconds(value: str) -> float:
     try:
         x = float(value)
     except ValueError:
@@ -94,7 +94,7 @@ def add_source_command(
     parser.add_argument("--collection", required=True, help="the collection written to")
     parser.add_argument("--batch-size", type=_positive_int, default=batch_size, metavar="N",
                         help=f"records per batch at most (default {batch_size})")  # fmt: skip
-    parser.add_argument("--flush-interval", type=_positive_float, default=flush_interval,
+    parser.add_argument("--flush-interval", type=positive_seconds, default=flush_interval,
                         metavar="SECONDS",
                         help=f"flush a batch this long after its first record "
                              f"(default {flush_interval:g})")  # fmt: skip
