@@ -372,6 +372,11 @@ class Searcher:
                 self._views[collection] = view
             return view
 
+    def views(self) -> dict[str, ManifestView]:
+        """The collections this searcher has served, each with its view."""
+        with self._views_lock:
+            return dict(self._views)
+
     def manifest(
         self, collection: str, min_version: int | None = None, timeout: float = 10.0
     ) -> Manifest | None:

@@ -32,6 +32,7 @@ from brainy.read.warmup import WarmReport
 from brainy.service.clock import ClockCheck
 from brainy.service.maintenance import maintain
 from brainy.service.metrics import Metrics
+from brainy.service.observe import CollectionsCollector, Held, IndexLag, PartitionAccess
 from brainy.storage import ObjectStore, StorageError
 from brainy.table.manifest import Manifest, Manifests, VersionCache
 from brainy.write.events import ObjectCreated
@@ -100,8 +101,16 @@ class Brainy:
             self._cache_hit_ratio,
             self.clock_check.last_measured if self.clock_check else None,
             lambda: self._searcher.recall.recall if self._searcher else float("nan"),
+            role=settings.role,
         )
         store.add_observer(self.metrics.count_request)
+        self.index_lag = IndexLag()
+        # The newest manifest each maintenance pass left, by collection.
+        self._maintained: dict[str, Manifest] = {}
+        self.metrics.register(CollectionsCollector(self._held, self.index_lag))
+        self.partition_access = PartitionAccess(
+            store, lambda ref: self._searcher is not None and self._searcher.cache.cached(ref)
+        )
 
     @classmethod
     def from_env(cls, role: str, env: Mapping[str, str] | None = None) -> Brainy:
@@ -203,6 +212,7 @@ class Brainy:
         outcome = write_batch(self.store, request, self.writer_id, self.clock, key)
         self.metrics.ingest_seconds.observe(time.perf_counter() - started)
         self.metrics.records_ingested.inc(outcome.accepted + outcome.deleted)
+        self.metrics.ingest_batch_records.observe(outcome.accepted + outcome.deleted)
         return outcome
 
     # ------------------------------------------------------------------ index
@@ -331,6 +341,10 @@ class Brainy:
     def search(self, payload: Mapping[str, Any]) -> SearchResult:
         if not self.settings.can_search:
             raise Forbidden("mode", "this instance is write-only: search is refused")
+        with self.metrics.searches_in_flight.track_inprogress():
+            return self._search(payload)
+
+    def _search(self, payload: Mapping[str, Any]) -> SearchResult:
         started = time.perf_counter()
         query = self.parse_query(payload)
         result = self.searcher.search(
@@ -406,7 +420,36 @@ class Brainy:
             raise Forbidden("mode", "a read-only instance cannot compact")
         self._require_clock()
         names = [collection] if collection else sorted(self.collections())
-        return [maintain(self.maintenance, name, force=force) for name in names]
+        reports = []
+        for name in names:
+            reports.append(maintain(self.maintenance, name, force=force))
+            self._observe_pass(name, reports[-1])
+        return reports
+
+    def _observe_pass(self, name: str, report: Mapping[str, Any]) -> None:
+        """Keep what `/metrics` reports of a maintenance pass: the index lag its
+        sweep measured, and the version it left."""
+        swept = report["compaction"].get("sweep")
+        if swept:
+            self.index_lag.record(name, swept["lag"], swept["started"])
+        latest = self.manifests(name).latest(self._maintained.get(name))
+        if latest is not None:
+            self._maintained[name] = latest
+
+    def _held(self) -> dict[str, Held]:
+        """The collections this instance holds a manifest of, for `/metrics`."""
+        held: dict[str, Held] = {}
+        clock = time.monotonic()
+        writers = self._indexer.held() if self._indexer is not None else {}
+        for name, manifest in [*writers.items(), *self._maintained.items()]:
+            if name not in held or held[name].manifest.version < manifest.version:
+                held[name] = Held(manifest, manifest.version, clock - manifest.confirmed)
+        if self._searcher is not None:
+            for name, view in self._searcher.views().items():
+                current, newest, age = view.state()
+                if current is not None:
+                    held[name] = Held(current, newest, age)
+        return held
 
     # ----------------------------------------------------------------- status
 
@@ -419,7 +462,9 @@ class Brainy:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Liveness and readiness: storage reachable, config loaded, manifests
-        readable, and for a writing instance its clock close to the store's."""
+        readable, their segments readable (`PartitionAccess`: the cache, and a
+        bounded number of HEADs), and for a writing instance its clock close to
+        the store's."""
         checks: dict[str, Any] = {}
         try:
             self.store.exists(CONFIG_KEY)
@@ -433,13 +478,17 @@ class Brainy:
             collections = {}
             checks["config"] = {"ok": False, "error": str(e)}
         manifests: dict[str, Any] = {}
+        read: dict[str, Manifest] = {}
         for name in sorted(collections):
             try:
                 m = self.manifests(name).latest()
                 manifests[name] = {"ok": True, "version": m.version if m else 0}
+                if m is not None:
+                    read[name] = m
             except (StorageError, ValueError) as e:
                 manifests[name] = {"ok": False, "error": str(e)}
         checks["manifests"] = {"ok": all(v["ok"] for v in manifests.values()), **manifests}
+        checks["partitions"] = self.partition_access.check(read)
         if self.clock_check is not None:
             checks["clock"] = self.clock_check.health()
         ok = all(c["ok"] for c in checks.values())
