@@ -419,7 +419,10 @@ class Brainy:
         if self.settings.read_only:
             raise Forbidden("mode", "a read-only instance cannot compact")
         self._require_clock()
-        names = [collection] if collection else sorted(self.collections())
+        if collection is None:
+            names = sorted(self.collections())
+        else:
+            names = [self.require_schema(collection).name]
         reports = []
         for name in names:
             reports.append(maintain(self.maintenance, name, force=force))

@@ -137,6 +137,12 @@ def parse_request(headers: Mapping[str, str], body: bytes) -> list[ObjectCreated
             event = from_http(dict(headers), body)
         except GenericException as e:
             raise InvalidInput("cloudevent", f"malformed CloudEvent ({e})") from None
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            # The SDK lets errors of a body that is not a JSON object through
+            # (found by tests/functions/test_fn_fuzz.py).
+            raise InvalidInput(
+                "cloudevent", f"malformed CloudEvent ({type(e).__name__}: {e})"
+            ) from None
         return from_cloudevent(event["type"], event.get("subject"), event.data)
     try:
         payload = json.loads(body)
