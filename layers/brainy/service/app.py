@@ -465,9 +465,9 @@ class Brainy:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Liveness and readiness: storage reachable, config loaded, manifests
-        readable, their segments readable (`PartitionAccess`: the cache, and a
-        bounded number of HEADs), and for a writing instance its clock close to
-        the store's."""
+        readable, their segments readable by an instance that reads them
+        (`PartitionAccess`: the cache, and a bounded number of HEADs), and for a
+        writing instance its clock close to the store's."""
         checks: dict[str, Any] = {}
         try:
             self.store.exists(CONFIG_KEY)
@@ -491,7 +491,9 @@ class Brainy:
             except (StorageError, ValueError) as e:
                 manifests[name] = {"ok": False, "error": str(e)}
         checks["manifests"] = {"ok": all(v["ok"] for v in manifests.values()), **manifests}
-        checks["partitions"] = self.partition_access.check(read)
+        if self.settings.can_search:
+            # A write-only instance reads no segment (and may not be allowed to).
+            checks["partitions"] = self.partition_access.check(read)
         if self.clock_check is not None:
             checks["clock"] = self.clock_check.health()
         ok = all(c["ok"] for c in checks.values())
