@@ -32,7 +32,13 @@ from brainy.read.warmup import WarmReport
 from brainy.service.clock import ClockCheck
 from brainy.service.maintenance import maintain
 from brainy.service.metrics import Metrics
-from brainy.service.observe import CollectionsCollector, Held, IndexLag, PartitionAccess
+from brainy.service.observe import (
+    CollectionsCollector,
+    Held,
+    IndexLag,
+    PartitionAccess,
+    held_collections,
+)
 from brainy.storage import ObjectStore, StorageError
 from brainy.table.manifest import Manifest, Manifests, VersionCache
 from brainy.write.events import ObjectCreated
@@ -441,18 +447,10 @@ class Brainy:
 
     def _held(self) -> dict[str, Held]:
         """The collections this instance holds a manifest of, for `/metrics`."""
-        held: dict[str, Held] = {}
-        clock = time.monotonic()
-        writers = self._indexer.held() if self._indexer is not None else {}
-        for name, manifest in [*writers.items(), *self._maintained.items()]:
-            if name not in held or held[name].manifest.version < manifest.version:
-                held[name] = Held(manifest, manifest.version, clock - manifest.confirmed)
-        if self._searcher is not None:
-            for name, view in self._searcher.views().items():
-                current, newest, age = view.state()
-                if current is not None:
-                    held[name] = Held(current, newest, age)
-        return held
+        return held_collections(
+            [self._indexer.held() if self._indexer is not None else {}, self._maintained],
+            self._searcher.views() if self._searcher is not None else {},
+        )
 
     # ----------------------------------------------------------------- status
 

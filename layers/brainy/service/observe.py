@@ -18,7 +18,8 @@ arrives for it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from brainy.storage import NotFound, ObjectStore, StorageError
-from brainy.table.manifest import Manifest, SegmentRef
+from brainy.table.manifest import Manifest, ManifestView, SegmentRef
 
 # Live vectors per partition: the buckets of `brainy_partition_vectors`.
 PARTITION_BUCKETS = (100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000)
@@ -50,6 +51,31 @@ class Held:
     manifest: Manifest
     newest: int
     checked_age: float
+
+
+def held_collections(
+    written: Iterable[Mapping[str, Manifest]], views: Mapping[str, ManifestView]
+) -> dict[str, Held]:
+    """What an instance holds, by collection: the newest of the manifests it
+    committed or read (`written`), unless it serves one through a view (search).
+
+    Args:
+        written: manifests by collection, as writers keep them; a writer heard of
+            no newer version than its own, and last confirmed it when it read or
+            committed it (`Manifest.confirmed`).
+        views: a search instance's views of the collections it has served.
+    """
+    clock = time.monotonic()
+    held: dict[str, Held] = {}
+    for manifests in written:
+        for name, manifest in manifests.items():
+            if name not in held or held[name].manifest.version < manifest.version:
+                held[name] = Held(manifest, manifest.version, clock - manifest.confirmed)
+    for name, view in views.items():
+        current, newest, age = view.state()
+        if current is not None:
+            held[name] = Held(current, newest, age)
+    return held
 
 
 class IndexLag:
