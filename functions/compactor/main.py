@@ -14,7 +14,10 @@ def _compact(app, request: Request) -> Response:
     body = web.json_body(request, app.settings.max_body_size, empty={})
     if not isinstance(body, dict):
         raise InvalidInput("body", "expected a JSON object")
-    reports = app.maintain(body.get("collection"), force=bool(body.get("force", False)))
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidInput("force", f"expected true or false, got {force!r}")
+    reports = app.maintain(body.get("collection"), force=force)
     ok = all(r["verify"]["ok"] for r in reports)
     return web.json_response(200 if ok else 500, {"collections": reports})
 

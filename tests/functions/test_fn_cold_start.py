@@ -93,4 +93,4 @@ def test_concurrent_first_searches_share_one_instance_and_one_download_per_segme
         for s in family.samples
     }
     assert samples[("brainy_search_seconds_count", ())] == CONCURRENT + 1
-    assert samples[("brainy_object_store_requests_total", ("download",))] == BATCHES
+    assert samples[("brainy_object_store_requests_total", ("download", "search"))] == BATCHES

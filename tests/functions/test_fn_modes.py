@@ -62,7 +62,7 @@ def test_health_shows_instance_role_mode_status_and_checks(search: FunctionServe
     body = reply.json()
     assert body["instance_id"] == "search-modes"
     assert (body["role"], body["mode"], body["status"]) == ("search", "read-only", "ok")
-    assert set(body["checks"]) == {"storage", "config", "manifests"}
+    assert set(body["checks"]) == {"storage", "config", "manifests", "partitions"}
     assert body["checks"]["manifests"][COLLECTION] == {"ok": True, "version": 0}
 
 
@@ -84,7 +84,8 @@ def test_metrics_is_prometheus_text_with_latency_and_store_requests(
         for s in family.samples
     }
     assert samples[("brainy_search_seconds_count", ())] >= 1
-    assert samples[("brainy_object_store_requests_total", (("kind", "get"),))] >= 1
+    requests = ("brainy_object_store_requests_total", (("kind", "get"), ("role", "search")))
+    assert samples[requests] >= 1
 
 
 def test_unknown_path_and_wrong_method_answer_json(search: FunctionServer) -> None:

@@ -55,15 +55,24 @@ def test_sweep_quarantines_corrupt_batches_and_leaves_young_ones_to_their_events
     bad = "docs/wal/2024/01/01/writer-x/broken.batch"
     app.store.put(bad, b"not a batch at all")
 
+    written = {key: app.store.head(key).modified for key in (good, bad)}
+
     patient = sweep(app.maintenance, "docs", older_than=3600)
     assert (patient.seen, patient.deferred, patient.indexed) == (2, 2, 0)
     assert patient.horizon == patient.started - 3600
+    # Deferred batches are not applied yet: the index lag counts the oldest of them.
+    assert patient.oldest_unapplied == min(written.values())
+    assert patient.lag == patient.started - min(written.values()) > 0
 
     report = sweep(app.maintenance, "docs")
     assert (report.seen, report.indexed, report.quarantined) == (2, 1, 1)
     assert report.indexed_keys == [good]
     assert app.store.exists(quarantine_key(bad)) and not app.store.exists(bad)
     assert report.to_dict()["horizon"] == report.started
+    assert report.oldest_unapplied == min(written.values())
+
+    caught_up = sweep(app.maintenance, "docs")
+    assert (caught_up.oldest_unapplied, caught_up.lag) == (None, 0.0)
 
 
 def test_a_batch_that_fails_to_index_voids_the_horizon_and_the_next_sweep_retries_it(
@@ -91,6 +100,8 @@ def test_a_batch_that_fails_to_index_voids_the_horizon_and_the_next_sweep_retrie
     report = sweep(app.maintenance, "docs")
     assert (report.indexed, report.missing, report.failed) == (2, 1, [keys[1]])
     assert report.horizon is None
+    # The oldest unapplied is the oldest batch listed (the ghost, gone, does not count).
+    assert report.oldest_unapplied == app.store.head(keys[0]).modified
 
     monkeypatch.setattr(app.indexer, "index", real_index)
     retry = sweep(app.maintenance, "docs")

@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -171,8 +172,8 @@ def serve(
     routes: dict[tuple[str, str], Handler],
     on_start: Callable[[Any], object] | None = None,
 ) -> Response:
-    """Route a request of a function: its own routes plus `GET /health` and
-    `GET /metrics`, which every function serves. `on_start` runs once on the
+    """Route a request of a function: its own routes plus `GET /health`,
+    `GET /metrics` and `GET /openapi.json`, which every function serves. `on_start` runs once on the
     instance the first request creates."""
     try:
         app = instance(role, on_start)
@@ -190,6 +191,7 @@ def serve(
     table: dict[tuple[str, str], Handler] = {
         ("GET", "/health"): _health,
         ("GET", "/metrics"): _metrics,
+        ("GET", "/openapi.json"): _openapi,
         **routes,
     }
     path = request.path.rstrip("/") or "/"
@@ -211,6 +213,22 @@ def _metrics(app: Any, request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST
 
     return Response(app.metrics.render(), status=200, mimetype=CONTENT_TYPE_LATEST)
+
+
+def openapi_document() -> bytes:
+    """The OpenAPI document of the functions (`entry/openapi.json`, package data),
+    read once per process."""
+    global _openapi_bytes
+    if _openapi_bytes is None:
+        _openapi_bytes = resources.files("brainy.entry").joinpath("openapi.json").read_bytes()
+    return _openapi_bytes
+
+
+_openapi_bytes: bytes | None = None
+
+
+def _openapi(app: Any, request: Request) -> Response:
+    return Response(openapi_document(), status=200, mimetype="application/json")
 
 
 def json_body(request: Request, max_size: int, *, empty: Any = None) -> Any:

@@ -54,6 +54,10 @@ class SweepReport:
             the manifest's `swept` instant (None: there are none); once a
             compaction records this sweep's horizon, GC may collect them.
         indexed_keys: the keys this sweep applied.
+        oldest_unapplied: the modification time of the oldest batch the listing
+            found not yet applied (indexed by this sweep, deferred, failed or
+            quarantined); None: every batch listed was applied. `lag` derives the
+            index lag from it.
     """
 
     collection: str
@@ -70,6 +74,19 @@ class SweepReport:
     version: int = 0
     unrecorded: float | None = None
     indexed_keys: list[str] = field(default_factory=list)
+    oldest_unapplied: float | None = None
+
+    @property
+    def lag(self) -> float:
+        """Seconds the oldest batch not yet applied had waited when the listing
+        began (0: none was waiting)."""
+        if self.oldest_unapplied is None:
+            return 0.0
+        return max(0.0, self.started - self.oldest_unapplied)
+
+    def _unapplied(self, modified: float) -> None:
+        if self.oldest_unapplied is None or modified < self.oldest_unapplied:
+            self.oldest_unapplied = modified
 
     @property
     def horizon(self) -> float | None:
@@ -79,7 +96,7 @@ class SweepReport:
         return None if self.failed else self.started - self.older_than - self.margin
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "horizon": self.horizon}
+        return {**asdict(self), "horizon": self.horizon, "lag": self.lag}
 
 
 def sweep(ctx: Maintenance, collection: str, *, older_than: float = 0) -> SweepReport:
@@ -117,22 +134,27 @@ def sweep(ctx: Maintenance, collection: str, *, older_than: float = 0) -> SweepR
             continue
         if older_than and info.modified > cutoff:
             report.deferred += 1
+            report._unapplied(info.modified)
             continue
         try:
             result = ctx.index(info.key)
         except (StorageError, CommitFailed) as e:
             log.warning("sweep %s: could not index %s: %s", collection, info.key, e)
             report.failed.append(info.key)
+            report._unapplied(info.modified)
             continue
+        if result.status == "already-applied":
+            report.already_applied += 1
+            continue
+        if result.status == "missing":
+            report.missing += 1
+            continue
+        report._unapplied(info.modified)
         if result.status == "applied":
             report.indexed += 1
             report.indexed_keys.append(info.key)
-        elif result.status == "already-applied":
-            report.already_applied += 1
         elif result.status == "quarantined":
             report.quarantined += 1
-        elif result.status == "missing":
-            report.missing += 1
         else:
             # "ignored": the collection is not declared on this instance; nothing
             # can index it here, so the horizon must not claim otherwise.

@@ -406,6 +406,11 @@ class Searcher:
         held, current = self.view(collection).refresh_to(version)
         return held, current.version if current is not None else 0
 
+    def views(self) -> dict[str, ManifestView]:
+        """The collections this searcher has served, each with its view."""
+        with self._views_lock:
+            return dict(self._views)
+
     def manifest(
         self, collection: str, min_version: int | None = None, timeout: float = 10.0
     ) -> Manifest | None:

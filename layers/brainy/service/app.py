@@ -32,6 +32,13 @@ from brainy.read.warmup import WarmReport
 from brainy.service.clock import ClockCheck
 from brainy.service.maintenance import maintain
 from brainy.service.metrics import Metrics
+from brainy.service.observe import (
+    CollectionsCollector,
+    Held,
+    IndexLag,
+    PartitionAccess,
+    held_collections,
+)
 from brainy.storage import ObjectStore, StorageError
 from brainy.table.manifest import Manifest, Manifests, VersionCache
 from brainy.write.broadcast import (
@@ -108,9 +115,17 @@ class Brainy:
             self._cache_hit_ratio,
             self.clock_check.last_measured if self.clock_check else None,
             lambda: self._searcher.recall.recall if self._searcher else float("nan"),
+            role=settings.role,
         )
         store.add_observer(self.metrics.count_request)
         self.broadcaster = self._broadcaster()
+        self.index_lag = IndexLag()
+        # The newest manifest each maintenance pass left, by collection.
+        self._maintained: dict[str, Manifest] = {}
+        self.metrics.register(CollectionsCollector(self._held, self.index_lag))
+        self.partition_access = PartitionAccess(
+            store, lambda ref: self._searcher is not None and self._searcher.cache.cached(ref)
+        )
 
     @classmethod
     def from_env(cls, role: str, env: Mapping[str, str] | None = None) -> Brainy:
@@ -274,6 +289,7 @@ class Brainy:
         outcome = write_batch(self.store, request, self.writer_id, self.clock, key, timestamps)
         self.metrics.ingest_seconds.observe(time.perf_counter() - started)
         self.metrics.records_ingested.inc(outcome.accepted + outcome.deleted)
+        self.metrics.ingest_batch_records.observe(outcome.accepted + outcome.deleted)
         return outcome
 
     # ------------------------------------------------------------------ index
@@ -403,6 +419,10 @@ class Brainy:
     def search(self, payload: Mapping[str, Any]) -> SearchResult:
         if not self.settings.can_search:
             raise Forbidden("mode", "this instance is write-only: search is refused")
+        with self.metrics.searches_in_flight.track_inprogress():
+            return self._search(payload)
+
+    def _search(self, payload: Mapping[str, Any]) -> SearchResult:
         started = time.perf_counter()
         query = self.parse_query(payload)
         result = self.searcher.search(
@@ -477,10 +497,33 @@ class Brainy:
         if self.settings.read_only:
             raise Forbidden("mode", "a read-only instance cannot compact")
         self._require_clock()
-        names = [collection] if collection else sorted(self.collections())
-        reports = [maintain(self.maintenance, name, force=force) for name in names]
+        if collection is None:
+            names = sorted(self.collections())
+        else:
+            names = [self.require_schema(collection).name]
+        reports = []
+        for name in names:
+            reports.append(maintain(self.maintenance, name, force=force))
+            self._observe_pass(name, reports[-1])
         self.flush_events()
         return reports
+
+    def _observe_pass(self, name: str, report: Mapping[str, Any]) -> None:
+        """Keep what `/metrics` reports of a maintenance pass: the index lag its
+        sweep measured, and the version it left."""
+        swept = report["compaction"].get("sweep")
+        if swept:
+            self.index_lag.record(name, swept["lag"], swept["started"])
+        latest = self.manifests(name).latest(self._maintained.get(name))
+        if latest is not None:
+            self._maintained[name] = latest
+
+    def _held(self) -> dict[str, Held]:
+        """The collections this instance holds a manifest of, for `/metrics`."""
+        return held_collections(
+            [self._indexer.held() if self._indexer is not None else {}, self._maintained],
+            self._searcher.views() if self._searcher is not None else {},
+        )
 
     # ----------------------------------------------------------------- status
 
@@ -493,7 +536,9 @@ class Brainy:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Liveness and readiness: storage reachable, config loaded, manifests
-        readable, and for a writing instance its clock close to the store's."""
+        readable, their segments readable by an instance that reads them
+        (`PartitionAccess`: the cache, and a bounded number of HEADs), and for a
+        writing instance its clock close to the store's."""
         checks: dict[str, Any] = {}
         try:
             self.store.exists(CONFIG_KEY)
@@ -507,13 +552,19 @@ class Brainy:
             collections = {}
             checks["config"] = {"ok": False, "error": str(e)}
         manifests: dict[str, Any] = {}
+        read: dict[str, Manifest] = {}
         for name in sorted(collections):
             try:
                 m = self.manifests(name).latest()
                 manifests[name] = {"ok": True, "version": m.version if m else 0}
+                if m is not None:
+                    read[name] = m
             except (StorageError, ValueError) as e:
                 manifests[name] = {"ok": False, "error": str(e)}
         checks["manifests"] = {"ok": all(v["ok"] for v in manifests.values()), **manifests}
+        if self.settings.can_search:
+            # A write-only instance reads no segment (and may not be allowed to).
+            checks["partitions"] = self.partition_access.check(read)
         if self.clock_check is not None:
             checks["clock"] = self.clock_check.health()
         ok = all(c["ok"] for c in checks.values())

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 
 
 class Metrics:
@@ -18,8 +20,10 @@ class Metrics:
         cache_hit_ratio: Callable[[], float] | None = None,
         clock_skew: Callable[[], float] | None = None,
         search_recall: Callable[[], float] | None = None,
+        role: str = "",
     ) -> None:
         self.registry = CollectorRegistry()
+        self.role = role
         self.search_seconds = Histogram(
             "brainy_search_seconds", "Search latency", registry=self.registry,
             buckets=LATENCY_BUCKETS,
@@ -33,8 +37,16 @@ class Metrics:
             registry=self.registry, buckets=LATENCY_BUCKETS,
         )  # fmt: skip
         self.store_requests = Counter(
-            "brainy_object_store_requests", "Object-store requests by kind", ["kind"],
-            registry=self.registry,
+            "brainy_object_store_requests",
+            "Object-store requests by kind and by the role of the instance sending them",
+            ["kind", "role"], registry=self.registry,
+        )  # fmt: skip
+        self.searches_in_flight = Gauge(
+            "brainy_searches_in_flight", "Searches being answered now", registry=self.registry
+        )
+        self.ingest_batch_records = Histogram(
+            "brainy_ingest_batch_records", "Records (upserts and deletes) per ingested batch",
+            registry=self.registry, buckets=BATCH_BUCKETS,
         )  # fmt: skip
         self.vectors_served = Counter(
             "brainy_vectors_served", "Search results returned", registry=self.registry
@@ -85,7 +97,11 @@ class Metrics:
         self.events_published.labels(sink=sink, outcome=outcome).inc()
 
     def count_request(self, kind: str) -> None:
-        self.store_requests.labels(kind=kind).inc()
+        self.store_requests.labels(kind=kind, role=self.role).inc()
+
+    def register(self, collector: Collector) -> None:
+        """Add a collector computed at each scrape (`service.observe`)."""
+        self.registry.register(collector)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

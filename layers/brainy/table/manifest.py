@@ -477,7 +477,20 @@ class ManifestView:
         self._etag: str | None = None
         self._checked = float("-inf")
         self._unchanged = 0
+        # The newest version this reader has heard of (a hint, a `note`), served or not.
+        self._heard = 0
         self._lock = threading.Lock()
+
+    def note(self, version: int) -> None:
+        """Record that `version` was committed (an event said so, say), before it is read."""
+        self._heard = max(self._heard, version)
+
+    def state(self) -> tuple[Manifest | None, int, float]:
+        """(the version served, the newest version heard of, seconds since the store
+        was last asked for a newer one): what `/metrics` reports, without a request."""
+        current = self._current
+        served = current.version if current is not None else 0
+        return current, max(self._heard, served), self.clock() - self._checked
 
     def _fresh(self) -> bool:
         return self.clock() - self._checked < self.refresh_interval
@@ -508,6 +521,7 @@ class ManifestView:
                 self._checked = now
                 return self._current
             self._unchanged = 0
+            self.note(hint or 0)
             if hint is None and self._current is None:
                 current = self.manifests.latest()
             else:

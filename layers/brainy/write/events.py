@@ -73,13 +73,14 @@ def from_json_body(body: Any) -> list[ObjectCreated]:
         return _from_pubsub(body["message"])
     if body.get("detail-type") == "Object Created" and isinstance(body.get("detail"), Mapping):
         detail = body["detail"]
-        return [
-            ObjectCreated(
-                str(detail.get("bucket", {}).get("name", "")),
-                str(detail.get("object", {}).get("key", "")),
-            )
-        ]
+        return [ObjectCreated(_field(detail, "bucket", "name"), _field(detail, "object", "key"))]
     raise InvalidInput("body", "not a recognised storage event")
+
+
+def _field(parent: Mapping[str, Any], child: str, name: str) -> str:
+    """`parent[child][name]` as a string; "" where either is missing or not an object."""
+    inner = parent.get(child)
+    return str(inner.get(name, "")) if isinstance(inner, Mapping) else ""
 
 
 def _as_mapping(data: Any) -> Mapping[str, Any]:
@@ -106,6 +107,8 @@ def _from_s3_record(rec: Mapping[str, Any]) -> list[ObjectCreated]:
 
 def _from_pubsub(message: Mapping[str, Any]) -> list[ObjectCreated]:
     attributes = message.get("attributes") or {}
+    if not isinstance(attributes, Mapping):
+        raise InvalidInput("message.attributes", "expected an object of strings")
     event_type = attributes.get("eventType")
     if event_type is not None and event_type != "OBJECT_FINALIZE":
         return []
@@ -116,7 +119,7 @@ def _from_pubsub(message: Mapping[str, Any]) -> list[ObjectCreated]:
         raise InvalidInput("message.data", "a storage notification must carry the object")
     try:
         data = json.loads(base64.b64decode(raw))
-    except ValueError:
+    except (ValueError, TypeError):
         raise InvalidInput("message.data", "expected base64-encoded JSON") from None
     if not isinstance(data, Mapping) or "name" not in data:
         raise InvalidInput("message.data", "expected an object resource with a name")
@@ -137,6 +140,12 @@ def parse_request(headers: Mapping[str, str], body: bytes) -> list[ObjectCreated
             event = from_http(dict(headers), body)
         except GenericException as e:
             raise InvalidInput("cloudevent", f"malformed CloudEvent ({e})") from None
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            # The SDK lets errors of a body that is not a JSON object through
+            # (found by tests/functions/test_fn_fuzz.py).
+            raise InvalidInput(
+                "cloudevent", f"malformed CloudEvent ({type(e).__name__}: {e})"
+            ) from None
         return from_cloudevent(event["type"], event.get("subject"), event.data)
     try:
         payload = json.loads(body)

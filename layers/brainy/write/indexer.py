@@ -135,6 +135,10 @@ class Indexer:
             index = self._live.setdefault(collection, LiveIndex(self.headers))
         return index
 
+    def held(self) -> dict[str, Manifest]:
+        """The newest manifest this indexer committed or read, by collection."""
+        return {name: m for name, m in self._manifests.items() if m is not None}
+
     def index(self, key: str) -> IndexResult:
         """Apply the batch at `key`; safe to call any number of times, in any order."""
         collection = collection_of_batch(key)
