@@ -471,6 +471,18 @@ class BatchCuts:
         return cut
 
 
+def batch_bounds(
+    n: int, batch_size: int, ids: Sequence[Any] | None = None
+) -> list[tuple[int, int]]:
+    """Rows [lo, hi) of each batch of `n` rows: at most `batch_size` each, cut early
+    where an id of `ids` repeats (see `BatchCuts`)."""
+    bounds = list(range(0, n, batch_size))
+    if ids is not None and len(set(ids)) != n:
+        cuts = BatchCuts(batch_size)
+        bounds = [0, *(i for i, rid in enumerate(ids) if cuts.starts_batch(rid, i))]
+    return list(zip(bounds, [*bounds[1:], n], strict=True))
+
+
 def _read_jsonl(path: Path, collection: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(location, item) per non-blank line; an item is a record or `{"delete": id}`."""
     with open(path, "rb") as f:
@@ -527,14 +539,9 @@ def _npy_chunks(
         )
     n = len(matrix)
     ids = None if ids_path is None else _read_text(ids_path).splitlines()
-    bounds = list(range(0, n, batch_size))
-    if ids is not None:
-        if len(ids) != n:
-            raise CliError("--ids", f"{len(ids)} ids for {n} rows of {path.name}")
-        if len(set(ids)) != n:
-            cuts = BatchCuts(batch_size)
-            bounds = [0, *(i for i, rid in enumerate(ids) if cuts.starts_batch(rid, i))]
-    for lo, hi in zip(bounds, [*bounds[1:], n], strict=True):
+    if ids is not None and len(ids) != n:
+        raise CliError("--ids", f"{len(ids)} ids for {n} rows of {path.name}")
+    for lo, hi in batch_bounds(n, batch_size, ids):
         chunk_ids = [f"row-{i}" for i in range(lo, hi)] if ids is None else ids[lo:hi]
         yield MatrixChunk(collection, path.name, lo, chunk_ids, matrix[lo:hi])
 

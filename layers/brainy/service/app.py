@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -104,7 +105,12 @@ class Brainy:
         store.add_observer(self.metrics.count_request)
 
     @classmethod
-    def from_env(cls, role: str, env: Mapping[str, str] | None = None) -> Brainy:
+    def from_env(
+        cls,
+        role: str,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Brainy:
         """An instance configured from the environment and the bucket (a cold start).
 
         A writing instance on S3 first proves the endpoint honours conditional
@@ -114,6 +120,8 @@ class Brainy:
         in `/health`, and refuses writes).
         """
         settings, store = load_settings(env, role=role)
+        if overrides:  # already parsed (`parse_layer`): the last, explicit layer
+            settings = dataclasses.replace(settings, **overrides)
         if store.scheme == "s3" and not settings.read_only:
             store.check_conditional_writes(f"{PROBES_PREFIX}{settings.instance_id}")
         app = cls(settings, store)
@@ -184,13 +192,18 @@ class Brainy:
         return self._write(request, key, started)
 
     def ingest_vectors(
-        self, collection: str, ids: Sequence[str], vectors: np.ndarray
+        self,
+        collection: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[dict | None] | None = None,
     ) -> IngestOutcome:
-        """Upserts given as columns (ids, and a matrix with a vector a row), as
-        `brainy ingest X.npy` reads them: one batch, checked as `ingest` checks the
-        same records, without their vectors ever becoming Python lists."""
+        """Upserts given as columns (ids, a matrix with a vector a row, optionally
+        metadata), as `brainy ingest X.npy` reads them: one batch, checked as
+        `ingest` checks the same records, without their vectors ever becoming
+        Python lists."""
         started = self._start_ingest()
-        request = validate_vectors(collection, ids, vectors, self.settings, self.schema)
+        request = validate_vectors(collection, ids, vectors, self.settings, self.schema, metadata)
         return self._write(request, None, started)
 
     def _start_ingest(self) -> float:
