@@ -59,3 +59,23 @@ class SearchResult:
     def to_dict(self) -> dict[str, Any]:
         """The body the search function answers (without `took_ms`)."""
         return {"results": [hit.to_dict() for hit in self.hits], "version": self.version}
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What an upsert or delete made durable.
+
+    Attributes:
+        batches: the batch objects written (one per batch of at most `batch_size`
+            records), in order.
+        accepted: records upserted.
+        deleted: ids deleted.
+        version: the manifest version that made them searchable, when they were
+            indexed before returning (embedded mode); None when an indexer
+            applies them later (pass it as a search's `min_version` to wait).
+    """
+
+    batches: list[str]
+    accepted: int
+    deleted: int
+    version: int | None = None

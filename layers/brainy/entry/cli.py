@@ -30,13 +30,13 @@ from brainy.core.config import (
 )
 from brainy.core.errors import BrainyError
 from brainy.entry.demo import DEMO_STORE, reset_store, run_demo
+from brainy.entry.rows import DEFAULT_BATCH_SIZE, BatchCuts, batch_bounds
 from brainy.service.app import Brainy
 from brainy.storage import ObjectStore, ReadOnlyStore, StorageError, open_store
 from brainy.table.manifest import CommitFailed
 from brainy.write.ingest import IngestOutcome, validate, validate_vectors
 
 DEFAULT_STORE = "file://./.brainy/data"
-DEFAULT_BATCH_SIZE = 2000
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 Handler = Callable[[argparse.Namespace, "Session"], int]
@@ -450,37 +450,6 @@ class MatrixChunk:
 
     def locate(self, error: BrainyError) -> CliError:
         return _relocate(error, lambda i: f"{self.name}[{self.first + i}]", str)
-
-
-class BatchCuts:
-    """Where input is cut into batches: after `size` records, and early where an id
-    repeats, so that a later line (an update, or a delete) applies after the earlier
-    one, as it does in the file: records of one batch carry no order among themselves."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.seen: set[Any] = set()
-
-    def starts_batch(self, rid: Any, where: str | int) -> bool:
-        """Whether the record with id `rid` (at `where`) starts a new batch."""
-        hashable = isinstance(rid, str)
-        cut = len(self.seen) >= self.size or (hashable and rid in self.seen)
-        if cut:
-            self.seen = set()
-        self.seen.add(rid if hashable else (where,))
-        return cut
-
-
-def batch_bounds(
-    n: int, batch_size: int, ids: Sequence[Any] | None = None
-) -> list[tuple[int, int]]:
-    """Rows [lo, hi) of each batch of `n` rows: at most `batch_size` each, cut early
-    where an id of `ids` repeats (see `BatchCuts`)."""
-    bounds = list(range(0, n, batch_size))
-    if ids is not None and len(set(ids)) != n:
-        cuts = BatchCuts(batch_size)
-        bounds = [0, *(i for i, rid in enumerate(ids) if cuts.starts_batch(rid, i))]
-    return list(zip(bounds, [*bounds[1:], n], strict=True))
 
 
 def _read_jsonl(path: Path, collection: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -21,6 +21,7 @@ from brainy.core.config import (
     ConfigError,
     Settings,
     create_collection,
+    drop_collection,
     load_settings,
     parse_layer,
     read_json_object,
@@ -41,6 +42,7 @@ from brainy.write.ingest import (
     IngestOutcome,
     ValidRequest,
     check_idempotency_key,
+    check_matrix,
     check_vector,
     embed_text,
     validate,
@@ -167,6 +169,24 @@ class Brainy:
         )
         self._collections[schema.name] = schema
         return created
+
+    def drop_collection(self, name: str, *, force: bool = False) -> None:
+        """Remove a collection's declaration; its objects stay in the bucket (an
+        instance still using it is never cut off mid-request, and creating it again
+        with the same schema finds its data). One that holds data (rows, or
+        batches not yet indexed) is dropped only with `force`."""
+        if self.settings.read_only:
+            raise Forbidden("mode", "a read-only instance cannot drop collections")
+        self.require_schema(name)
+        latest = self.manifests(name).latest()
+        rows = latest.live if latest else 0
+        if not force and (rows or self.store.list(f"{name}/wal/")):
+            held = f"{rows:,} rows" if rows else "batches not yet indexed"
+            raise InvalidInput("force", f"collection {name!r} holds {held}: pass force=True")
+        drop_collection(self.store, name)
+        declared = {k: v for k, v in self.settings.collections.items() if k != name}
+        self.settings = dataclasses.replace(self.settings, collections=declared)
+        self._collections.pop(name, None)
 
     def collections(self) -> dict[str, CollectionSchema]:
         self._reload_collections()
@@ -341,10 +361,13 @@ class Brainy:
             )
         return SearchQuery(schema, vector, k, dict(filters), min_version, float(recall_target))
 
-    def search(self, payload: Mapping[str, Any]) -> SearchResult:
-        if not self.settings.can_search:
-            raise Forbidden("mode", "this instance is write-only: search is refused")
-        started = time.perf_counter()
+    def search(self, payload: Mapping[str, Any], at: Manifest | None = None) -> SearchResult:
+        """Answer a search request (`POST /search`'s body).
+
+        Args:
+            at: search this retained manifest version instead of the newest.
+        """
+        started = self._start_search()
         query = self.parse_query(payload)
         result = self.searcher.search(
             query.schema,
@@ -354,10 +377,42 @@ class Brainy:
             query.min_version,
             self.settings.min_version_timeout,
             query.recall_target,
+            at,
         )
         self.metrics.search_seconds.observe(time.perf_counter() - started)
         self.metrics.vectors_served.inc(len(result.hits))
         return result
+
+    def search_batch(
+        self, payload: Mapping[str, Any], vectors: np.ndarray, at: Manifest | None = None
+    ) -> list[SearchResult]:
+        """`search` for every row of `vectors` (a matrix, a query a row, named
+        `vectors[i]` in errors), at one manifest version; `payload`'s other fields
+        (`collection`, `k`, `filter`, ...) apply to every query."""
+        started = self._start_search()
+        schema = self.require_schema(payload.get("collection"))
+        if getattr(vectors, "ndim", 0) != 2 or not len(vectors):
+            raise InvalidInput("vectors", "expected a matrix with one query vector a row")
+        matrix = check_matrix(vectors, lambda i: f"vectors[{i}]", schema)
+        query = self.parse_query({**payload, "vector": matrix[0].tolist()})
+        results = self.searcher.search_batch(
+            schema,
+            matrix,
+            query.k,
+            query.filters,
+            query.min_version,
+            self.settings.min_version_timeout,
+            query.recall_target,
+            at,
+        )
+        self.metrics.search_seconds.observe(time.perf_counter() - started)
+        self.metrics.vectors_served.inc(sum(len(r.hits) for r in results))
+        return results
+
+    def _start_search(self) -> float:
+        if not self.settings.can_search:
+            raise Forbidden("mode", "this instance is write-only: search is refused")
+        return time.perf_counter()
 
     def warmup(self, payload: Any) -> list[WarmReport]:
         """Fill the cache with one collection (`{"collection": "c"}`) or every
