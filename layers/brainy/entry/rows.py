@@ -160,7 +160,11 @@ def shifted(error: E, first: int) -> E:
     m = _ROW_FIELD.match(error.field)
     if m is None or first == 0:
         return error
-    field = f"{m.group(1)}[{int(m.group(2)) + first}]{m.group(3)}"
+    return renamed(error, f"{m.group(1)}[{int(m.group(2)) + first}]{m.group(3)}")
+
+
+def renamed(error: E, field: str) -> E:
+    """A copy of `error` (same type and attributes) naming `field` instead."""
     moved = type(error).__new__(type(error))
     moved.__dict__.update(error.__dict__)
     BrainyError.__init__(moved, field, error.reason)
