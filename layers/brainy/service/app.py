@@ -180,9 +180,10 @@ class Brainy:
         self.require_schema(name)
         latest = self.manifests(name).latest()
         rows = latest.live if latest else 0
-        if not force and (rows or self.store.list(f"{name}/wal/")):
-            held = f"{rows:,} rows" if rows else "batches not yet indexed"
-            raise InvalidInput("force", f"collection {name!r} holds {held}: pass force=True")
+        if not force and (rows or next(iter(self.store.list(f"{name}/wal/")), None)):
+            raise InvalidInput(
+                "force", f"collection {name!r} holds data ({rows:,} live rows): pass force=True"
+            )
         drop_collection(self.store, name)
         declared = {k: v for k, v in self.settings.collections.items() if k != name}
         self.settings = dataclasses.replace(self.settings, collections=declared)
