@@ -10,8 +10,6 @@ The names below are imported on first use: `import brainy` stays cheap for a
 function's cold start.
 """
 
-from __future__ import annotations
-
 import os
 
 # `typing` alone would cost more than the rest of this module: the type checkers'
