@@ -98,9 +98,12 @@ def test_errors_are_the_embedded_types_naming_the_row_of_the_call(
     ids = [f"bad{i}" for i in range(6)]
     with pytest.raises(brainy.InvalidInput) as remote:
         client.collection(COLLECTION).upsert(ids, rows, batch_size=2)
-    with brainy.connect(
-        deployment.store_url, mode="write-only", cache_dir=str(tmp_path / "cache")
-    ) as db, pytest.raises(brainy.InvalidInput) as embedded:
+    with (
+        brainy.connect(
+            deployment.store_url, mode="write-only", cache_dir=str(tmp_path / "cache")
+        ) as db,
+        pytest.raises(brainy.InvalidInput) as embedded,
+    ):
         db.collection(COLLECTION).upsert(ids, rows, batch_size=2)
     assert remote.value.field == embedded.value.field == "records[5].vector"
     assert remote.value.reason == embedded.value.reason
