@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import COLLECTION, DIMENSION, Deployment, start_deployment
+from harness import COLLECTION, DIMENSION, Deployment, Launcher, start_deployment
 
 import brainy
+from brainy.table.manifest import Manifests
 from readme import python_blocks
 from servers import new_store_url
 
@@ -133,3 +134,19 @@ def test_a_batch_over_the_body_limit_is_split(
     x = _vectors(1500, seed=4)  # ~190 kB of JSON; the functions take 64 kB a body
     written = client.collection(COLLECTION).upsert([f"big{i}" for i in range(1500)], x)
     assert written.accepted == 1500 and len(written.batches) >= 4
+
+
+def test_compact_through_the_compactor(deployment: Deployment, launch: Launcher) -> None:
+    compactor = launch("compactor", deployment.store_url)
+    client = brainy.Client(
+        ingest_url=deployment.ingest.url,
+        search_url=deployment.search.url,
+        compactor_url=compactor.url,
+    )
+    docs = client.collection(COLLECTION)
+    for i in range(3):
+        _index(deployment, docs.upsert([f"m{i}"], _vectors(1, seed=10 + i)))
+    report = docs.compact(force=True)
+    assert report["collection"] == COLLECTION and report["verify"]["ok"]
+    merged = Manifests(deployment.store, COLLECTION).latest()
+    assert merged is not None and len(merged.segments) == 1  # every level-0 segment merged
