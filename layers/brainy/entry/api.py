@@ -27,7 +27,6 @@ from brainy.core.config import (
     CollectionSchema,
     ConfigError,
     parse_layer,
-    store_url_from_env,
 )
 from brainy.core.errors import (
     BrainyError,
@@ -45,7 +44,6 @@ from brainy.storage import NotFound
 from brainy.table.manifest import Manifest
 from brainy.write.ingest import IngestOutcome, validate, validate_vectors
 
-DEFAULT_STORE = "file://./.brainy/data"
 ROLE = "cli"
 
 
@@ -81,10 +79,8 @@ def connect(
         ['docs']
     """
     environment = dict(os.environ if env is None else env)
-    if url is not None:
+    if url is not None:  # else $BRAINY_STORE, $BRAINY_S3_BUCKET or the local default
         environment["BRAINY_STORE"] = url
-    elif not store_url_from_env(environment):
-        environment["BRAINY_STORE"] = DEFAULT_STORE
     if mode is not None:
         if mode not in MODES:
             raise ConfigError(f"mode: expected one of {list(MODES)}, got {mode!r}")
