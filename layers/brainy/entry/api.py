@@ -8,7 +8,7 @@ searched by the search path. Nothing here checks or computes what the layer does
     >>> import brainy, numpy as np
     >>> with brainy.connect("file:///tmp/brainy-doc") as db:
     ...     docs = db.create_collection("docs", dimension=3)
-    ...     docs.upsert(["a", "b"], np.eye(2, 3, dtype=np.float32))
+    ...     written = docs.upsert(["a", "b"], np.eye(2, 3, dtype=np.float32))
     ...     print(docs.search(vector=[1, 0, 0], k=1)[0].id)
     a
 """

@@ -10,7 +10,8 @@ JSON (`{"error": {"code", "field", "reason"}}`) is raised as the exception type
 the embedded database raises for it (`InvalidInput`, `UnknownCollection`,
 `Forbidden`, ...), its field naming rows of the whole call.
 
-Only the standard library and `brainy.core` are imported: a client stays light.
+Only the standard library, `brainy.core` and `brainy.entry.rows` are imported (no
+numpy, no storage backends): a client stays light.
 
     >>> client = brainy.Client("https://brainy.example.com", token="...")
     >>> docs = client.collection("docs")
