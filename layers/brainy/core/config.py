@@ -10,7 +10,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -684,10 +684,44 @@ def create_collection(
         collections[schema.name] = schema.to_dict()
         config["collections"] = collections
         created = True
-        return json.dumps(config, indent=2, sort_keys=True).encode()
+        return _config_json(config)
 
+    _update_config(store, declare, attempts)
+    return created
+
+
+def _config_json(config: Mapping[str, Any]) -> bytes:
+    return json.dumps(config, indent=2, sort_keys=True).encode()
+
+
+def _update_config(
+    store: ObjectStore, edit: Callable[[Current], bytes | None], attempts: int
+) -> None:
+    """`_brainy/config.json` edited by compare-and-swap (`edit` returns None: no change)."""
     try:
-        compare_and_swap(store, CONFIG_KEY, declare, attempts=attempts)
+        compare_and_swap(store, CONFIG_KEY, edit, attempts=attempts)
     except Contention:
         raise ConfigError(f"{CONFIG_KEY}: too much contention updating the configuration") from None
-    return created
+
+
+def drop_collection(store: ObjectStore, name: str, *, attempts: int = 10) -> bool:
+    """Remove a collection's declaration from `_brainy/config.json` by
+    compare-and-swap (its objects are left as they are).
+
+    Returns:
+        False if it was not declared there.
+    """
+    dropped = False
+
+    def forget(current: Current) -> bytes | None:
+        nonlocal dropped
+        config = dict(_parse_json(current.data, CONFIG_KEY) or {})
+        collections = dict(config.get("collections") or {})
+        dropped = collections.pop(name, None) is not None
+        if not dropped:
+            return None
+        config["collections"] = collections
+        return _config_json(config)
+
+    _update_config(store, forget, attempts)
+    return dropped

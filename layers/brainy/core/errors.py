@@ -58,6 +58,14 @@ class VersionNotVisible(BrainyError):
     code = "version_not_visible"
 
 
+class VersionNotRetained(BrainyError):
+    """A manifest version asked for (time travel) was never committed, or retention
+    has deleted it."""
+
+    status = 404
+    code = "version_not_retained"
+
+
 class ClockSkewed(BrainyError):
     """This instance's clock is too far from the object store's to stamp records.
 

@@ -34,13 +34,13 @@ from brainy.entry.demo import DEMO_STORE, reset_store, run_demo
 from brainy.entry.dev import dev_command
 from brainy.entry.github import github_command
 from brainy.entry.relay import relay_command
+from brainy.entry.rows import DEFAULT_BATCH_SIZE, BatchCuts, batch_bounds
 from brainy.service.app import Brainy
 from brainy.storage import ObjectStore, ReadOnlyStore, StorageError, open_store
 from brainy.table.manifest import CommitFailed
 from brainy.write.ingest import IngestOutcome, validate, validate_vectors
 
 DEFAULT_STORE = "file://./.brainy/data"
-DEFAULT_BATCH_SIZE = 2000
 
 Subparsers = Any  # argparse's _SubParsersAction is private
 Handler = Callable[[argparse.Namespace, "Session"], int]
@@ -470,25 +470,6 @@ class MatrixChunk:
         return _relocate(error, lambda i: f"{self.name}[{self.first + i}]", str)
 
 
-class BatchCuts:
-    """Where input is cut into batches: after `size` records, and early where an id
-    repeats, so that a later line (an update, or a delete) applies after the earlier
-    one, as it does in the file: records of one batch carry no order among themselves."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.seen: set[Any] = set()
-
-    def starts_batch(self, rid: Any, where: str | int) -> bool:
-        """Whether the record with id `rid` (at `where`) starts a new batch."""
-        hashable = isinstance(rid, str)
-        cut = len(self.seen) >= self.size or (hashable and rid in self.seen)
-        if cut:
-            self.seen = set()
-        self.seen.add(rid if hashable else (where,))
-        return cut
-
-
 def _read_jsonl(path: Path, collection: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(location, item) per non-blank line; an item is a record or `{"delete": id}`."""
     with open(path, "rb") as f:
@@ -545,14 +526,9 @@ def _npy_chunks(
         )
     n = len(matrix)
     ids = None if ids_path is None else _read_text(ids_path).splitlines()
-    bounds = list(range(0, n, batch_size))
-    if ids is not None:
-        if len(ids) != n:
-            raise CliError("--ids", f"{len(ids)} ids for {n} rows of {path.name}")
-        if len(set(ids)) != n:
-            cuts = BatchCuts(batch_size)
-            bounds = [0, *(i for i, rid in enumerate(ids) if cuts.starts_batch(rid, i))]
-    for lo, hi in zip(bounds, [*bounds[1:], n], strict=True):
+    if ids is not None and len(ids) != n:
+        raise CliError("--ids", f"{len(ids)} ids for {n} rows of {path.name}")
+    for lo, hi in batch_bounds(n, batch_size, ids):
         chunk_ids = [f"row-{i}" for i in range(lo, hi)] if ids is None else ids[lo:hi]
         yield MatrixChunk(collection, path.name, lo, chunk_ids, matrix[lo:hi])
 

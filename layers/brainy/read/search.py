@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,9 @@ import numpy as np
 
 from brainy.core.config import CollectionSchema
 from brainy.core.errors import VersionNotVisible
+from brainy.core.results import Hit, SearchResult
 from brainy.format.centroids import Centroids, read_centroids
-from brainy.format.partitioning import probed_partitions
+from brainy.format.partitioning import centroid_scores, probed_partitions
 from brainy.format.segment import LoadedSegment
 from brainy.read.cache import CachedSegment, SegmentCache
 from brainy.read.recall import RecallMonitor, RecallSample
@@ -36,22 +36,6 @@ from brainy.table.deletions import Masks
 from brainy.table.manifest import Manifest, Manifests, ManifestView, SegmentRef
 
 Scored = tuple[float, str, Any]  # (score, id, metadata)
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    score: float
-    metadata: Any
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "metadata": self.metadata}
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    hits: list[Hit]
-    version: int
 
 
 def scores(metric: str, vectors: np.ndarray, query: np.ndarray, norms: np.ndarray | None = None):
@@ -191,6 +175,72 @@ def search_segment(
                 )
         return _exact(loaded, schema.metric, query, k, blocked, allowed)
     return _approximate(loaded, schema, query, k, blocked, allowed, search_k, calibrated_k)
+
+
+# Score-matrix cells (rows x queries) per matrix product of a batch: bounds the
+# memory a batch takes on a large segment (64 MB of float32).
+_BATCH_CELLS = 16 * 2**20
+
+
+def search_segment_batch(
+    seg: CachedSegment,
+    blocked: np.ndarray | None,
+    schema: CollectionSchema,
+    queries: np.ndarray,
+    k: int,
+    filters: Mapping[str, Any] | None,
+    recall_target: float = DEFAULT_RECALL_TARGET,
+    basis: np.ndarray | None = None,
+) -> list[list[Scored]]:
+    """`search_segment` for each row of `queries`, the same hits: a segment that
+    `search_segment` would scan exactly is scanned once for all of them, one
+    matrix product per block of queries; otherwise (Annoy, the reduced scan)
+    each query is searched in turn."""
+    loaded = seg.loaded
+    n = loaded.count
+    allowed: np.ndarray | None = None
+    if filters:
+        allowed = seg.filters.matching(filters)
+        if blocked is not None:
+            allowed = allowed[~blocked[allowed]]
+        if allowed.size == 0:
+            return [[] for _ in range(len(queries))]
+    exact = plan(loaded.header.calibration, recall_target)[0]
+    scanned = (
+        exact
+        or n <= schema.exact_threshold
+        or (allowed is not None and allowed.size <= schema.exact_threshold)
+    )
+    reducible = basis is not None and allowed is None and _worth_reducing(n, k, recall_target)
+    if not scanned or reducible:
+        return [
+            search_segment(seg, blocked, schema, q, k, filters, recall_target, basis)
+            for q in queries
+        ]
+    rows = np.arange(n) if allowed is None else allowed
+    vectors = loaded.vectors if allowed is None else loaded.vectors[allowed]
+    metric = schema.metric
+    norms = loaded.norms[rows] if metric != "dot" else None
+    out: list[list[Scored]] = []
+    step = max(1, _BATCH_CELLS // max(len(rows), 1))
+    for start in range(0, len(queries), step):
+        block = queries[start : start + step]
+        s = vectors @ block.T
+        if metric == "angular":
+            s /= np.maximum(norms[:, None] * np.linalg.norm(block, axis=1)[None, :], 1e-30)
+        elif metric == "euclidean":
+            # |x - q|² = |x|² - 2 x.q + |q|²: ranks the rows; the best are re-scored exactly.
+            s = 2 * s - (norms**2)[:, None]
+        if blocked is not None and allowed is None:
+            s[blocked] = -np.inf
+        for j in range(len(block)):
+            top_s, top_rows = _top(s[:, j], rows, k)
+            keep = np.isfinite(top_s)
+            if metric == "euclidean":
+                out.append(_rescore(loaded, metric, block[j], top_rows[keep], k))
+            else:
+                out.append(_hits(loaded, top_s[keep], top_rows[keep]))
+    return out
 
 
 def _hits(loaded: LoadedSegment, s: np.ndarray, rows: np.ndarray) -> list[Scored]:
@@ -435,10 +485,16 @@ class Searcher:
         min_version: int | None = None,
         timeout: float = 10.0,
         recall_target: float = DEFAULT_RECALL_TARGET,
+        at: Manifest | None = None,
     ) -> SearchResult:
         """The best `k` rows for `query`; each segment is searched as its
-        calibration says for `recall_target` (1.0: every segment exactly)."""
-        manifest = self.manifest(schema.name, min_version, timeout)
+        calibration says for `recall_target` (1.0: every segment exactly).
+
+        Args:
+            at: search this manifest version (a retained one: time travel)
+                instead of the newest.
+        """
+        manifest = at or self.manifest(schema.name, min_version, timeout)
         if manifest is None:
             return SearchResult([], 0)
         schema.check_compatible(manifest.schema)
@@ -471,6 +527,102 @@ class Searcher:
                 RecallSample(lambda: self._exact_ids(manifest, schema, query, k, filters), answered)
             )
         return SearchResult(hits, manifest.version)
+
+    def search_batch(
+        self,
+        schema: CollectionSchema,
+        queries: np.ndarray,
+        k: int,
+        filters: Mapping[str, Any] | None = None,
+        min_version: int | None = None,
+        timeout: float = 10.0,
+        recall_target: float = DEFAULT_RECALL_TARGET,
+        at: Manifest | None = None,
+    ) -> list[SearchResult]:
+        """`search` for every row of `queries` (a matrix, a query a row), the same
+        hits, at one manifest version: each segment is fetched once and, where it
+        is scanned exactly, scanned once for every query that searches it (see
+        `search_segment_batch`)."""
+        manifest = at or self.manifest(schema.name, min_version, timeout)
+        queries = np.asarray(queries, dtype=np.float32)
+        m = len(queries)
+        if manifest is None:
+            return [SearchResult([], 0) for _ in range(m)]
+        schema.check_compatible(manifest.schema)
+        refs = [ref for ref in manifest.segments if ref.live > 0]
+        everyone = np.arange(m)
+        basis = None
+        # Which queries search which segment: all of them, unless partitions prune.
+        wanted: list[tuple[SegmentRef, np.ndarray]] = [(ref, everyone) for ref in refs]
+        rest: list[list[SegmentRef]] = [[] for _ in range(m)]
+        if manifest.centroids is not None and m:
+            centroids = self.centroids(manifest.centroids)
+            basis = centroids.basis
+            nprobe, recall_target = probes(schema, centroids, refs, recall_target)
+            scored = centroid_scores(queries, centroids.matrix, schema.metric)
+            nprobe = min(nprobe, scored.shape[1])
+            probed = np.zeros(scored.shape, dtype=bool)
+            top = np.argpartition(-scored, nprobe - 1, axis=1)[:, :nprobe]
+            np.put_along_axis(probed, top, True, axis=1)
+            wanted = []
+            for ref in refs:
+                if ref.level == 0:
+                    wanted.append((ref, everyone))
+                    continue
+                who = np.flatnonzero(probed[:, ref.partition])
+                if who.size:
+                    wanted.append((ref, who))
+                for q in np.flatnonzero(~probed[:, ref.partition]).tolist():
+                    rest[q].append(ref)
+        found = self._search_batch_segments(
+            wanted, m, schema, queries, k, filters, recall_target, basis
+        )
+        results = []
+        for q in range(m):
+            if len(found[q]) < k and rest[q]:
+                # As `search`: a probe short of `k` hits searches the other partitions.
+                found[q] += self._search_segments(
+                    rest[q], schema, queries[q], k, filters, recall_target, basis
+                )
+            best = best_of(found[q], k)
+            results.append(
+                SearchResult([Hit(rid, sc, meta) for sc, rid, meta in best], manifest.version)
+            )
+        self.vectors_served += sum(len(r.hits) for r in results)
+        return results
+
+    def _search_batch_segments(
+        self,
+        wanted: list[tuple[SegmentRef, np.ndarray]],
+        m: int,
+        schema: CollectionSchema,
+        queries: np.ndarray,
+        k: int,
+        filters: Mapping[str, Any] | None,
+        recall_target: float,
+        basis: np.ndarray | None,
+    ) -> list[list[Scored]]:
+        """The best `k` of each segment for each query that searches it, segments
+        dealt to the query threads as `_search_segments` deals them."""
+        segments = self.cache.get_many([ref for ref, _ in wanted])
+        work = [(seg, ref, who) for seg, (ref, who) in zip(segments, wanted, strict=True)]
+        tasks = max(1, min(self._threads, len(work)))
+
+        def run(share: list[tuple[CachedSegment, SegmentRef, np.ndarray]]) -> list[list[Scored]]:
+            found: list[list[Scored]] = [[] for _ in range(m)]
+            for seg, ref, who in share:
+                blocked = self.masks.blocked(ref)
+                hits = search_segment_batch(
+                    seg, blocked, schema, queries[who], k, filters, recall_target, basis
+                )
+                for q, scored in zip(who.tolist(), hits, strict=True):
+                    found[q] += scored
+            return [best_of(f, k) for f in found]
+
+        if tasks == 1:
+            return run(work)
+        parts = list(self._pool.map(run, [work[i::tasks] for i in range(tasks)]))
+        return [[item for part in parts for item in part[q]] for q in range(m)]
 
     def _local(self, manifest: Manifest) -> bool:
         """Whether every live segment of `manifest` and its mask are held here: a

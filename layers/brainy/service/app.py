@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from brainy.core.config import (
     ConfigError,
     Settings,
     create_collection,
+    drop_collection,
     load_settings,
     parse_layer,
     read_json_object,
@@ -55,6 +57,7 @@ from brainy.write.ingest import (
     IngestOutcome,
     ValidRequest,
     check_idempotency_key,
+    check_matrix,
     check_vector,
     embed_text,
     validate,
@@ -128,7 +131,12 @@ class Brainy:
         )
 
     @classmethod
-    def from_env(cls, role: str, env: Mapping[str, str] | None = None) -> Brainy:
+    def from_env(
+        cls,
+        role: str,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Brainy:
         """An instance configured from the environment and the bucket (a cold start).
 
         A writing instance on S3 first proves the endpoint honours conditional
@@ -138,6 +146,8 @@ class Brainy:
         in `/health`, and refuses writes).
         """
         settings, store = load_settings(env, role=role)
+        if overrides:  # already parsed (`parse_layer`): the last, explicit layer
+            settings = dataclasses.replace(settings, **overrides)
         if store.scheme == "s3" and not settings.read_only:
             store.check_conditional_writes(f"{PROBES_PREFIX}{settings.instance_id}")
         app = cls(settings, store)
@@ -183,6 +193,25 @@ class Brainy:
         )
         self._collections[schema.name] = schema
         return created
+
+    def drop_collection(self, name: str, *, force: bool = False) -> None:
+        """Remove a collection's declaration; its objects stay in the bucket (an
+        instance still using it is never cut off mid-request, and creating it again
+        with the same schema finds its data). One that holds data (rows, or
+        batches not yet indexed) is dropped only with `force`."""
+        if self.settings.read_only:
+            raise Forbidden("mode", "a read-only instance cannot drop collections")
+        self.require_schema(name)
+        latest = self.manifests(name).latest()
+        rows = latest.live if latest else 0
+        if not force and (rows or next(iter(self.store.list(f"{name}/wal/")), None)):
+            raise InvalidInput(
+                "force", f"collection {name!r} holds data ({rows:,} live rows): pass force=True"
+            )
+        drop_collection(self.store, name)
+        declared = {k: v for k, v in self.settings.collections.items() if k != name}
+        self.settings = dataclasses.replace(self.settings, collections=declared)
+        self._collections.pop(name, None)
 
     def collections(self) -> dict[str, CollectionSchema]:
         self._reload_collections()
@@ -264,13 +293,18 @@ class Brainy:
         return self._write(request, key, started, timestamps)
 
     def ingest_vectors(
-        self, collection: str, ids: Sequence[str], vectors: np.ndarray
+        self,
+        collection: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[dict | None] | None = None,
     ) -> IngestOutcome:
-        """Upserts given as columns (ids, and a matrix with a vector a row), as
-        `brainy ingest X.npy` reads them: one batch, checked as `ingest` checks the
-        same records, without their vectors ever becoming Python lists."""
+        """Upserts given as columns (ids, a matrix with a vector a row, optionally
+        metadata), as `brainy ingest X.npy` reads them: one batch, checked as
+        `ingest` checks the same records, without their vectors ever becoming
+        Python lists."""
         started = self._start_ingest()
-        request = validate_vectors(collection, ids, vectors, self.settings, self.schema)
+        request = validate_vectors(collection, ids, vectors, self.settings, self.schema, metadata)
         return self._write(request, None, started)
 
     def _start_ingest(self) -> float:
@@ -416,14 +450,17 @@ class Brainy:
             )
         return SearchQuery(schema, vector, k, dict(filters), min_version, float(recall_target))
 
-    def search(self, payload: Mapping[str, Any]) -> SearchResult:
-        if not self.settings.can_search:
-            raise Forbidden("mode", "this instance is write-only: search is refused")
-        with self.metrics.searches_in_flight.track_inprogress():
-            return self._search(payload)
+    def search(self, payload: Mapping[str, Any], at: Manifest | None = None) -> SearchResult:
+        """Answer a search request (`POST /search`'s body).
 
-    def _search(self, payload: Mapping[str, Any]) -> SearchResult:
-        started = time.perf_counter()
+        Args:
+            at: search this retained manifest version instead of the newest.
+        """
+        with self.metrics.searches_in_flight.track_inprogress():
+            return self._search(payload, at)
+
+    def _search(self, payload: Mapping[str, Any], at: Manifest | None) -> SearchResult:
+        started = self._start_search()
         query = self.parse_query(payload)
         result = self.searcher.search(
             query.schema,
@@ -433,10 +470,43 @@ class Brainy:
             query.min_version,
             self.settings.min_version_timeout,
             query.recall_target,
+            at,
         )
         self.metrics.search_seconds.observe(time.perf_counter() - started)
         self.metrics.vectors_served.inc(len(result.hits))
         return result
+
+    def search_batch(
+        self, payload: Mapping[str, Any], vectors: np.ndarray, at: Manifest | None = None
+    ) -> list[SearchResult]:
+        """`search` for every row of `vectors` (a matrix, a query a row, named
+        `vectors[i]` in errors), at one manifest version; `payload`'s other fields
+        (`collection`, `k`, `filter`, ...) apply to every query."""
+        started = self._start_search()
+        schema = self.require_schema(payload.get("collection"))
+        if getattr(vectors, "ndim", 0) != 2 or not len(vectors):
+            raise InvalidInput("vectors", "expected a matrix with one query vector a row")
+        matrix = check_matrix(vectors, lambda i: f"vectors[{i}]", schema)
+        query = self.parse_query({**payload, "vector": matrix[0].tolist()})
+        with self.metrics.searches_in_flight.track_inprogress():
+            results = self.searcher.search_batch(
+                schema,
+                matrix,
+                query.k,
+                query.filters,
+                query.min_version,
+                self.settings.min_version_timeout,
+                query.recall_target,
+                at,
+            )
+        self.metrics.search_seconds.observe(time.perf_counter() - started)
+        self.metrics.vectors_served.inc(sum(len(r.hits) for r in results))
+        return results
+
+    def _start_search(self) -> float:
+        if not self.settings.can_search:
+            raise Forbidden("mode", "this instance is write-only: search is refused")
+        return time.perf_counter()
 
     def warmup(self, payload: Any) -> list[WarmReport]:
         """Fill the cache with one collection (`{"collection": "c"}`) or every

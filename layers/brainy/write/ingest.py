@@ -333,20 +333,28 @@ def validate_vectors(
     vectors: np.ndarray,
     settings: Settings,
     schema_of: Callable[[str], CollectionSchema | None],
+    metadata: Sequence[dict | None] | None = None,
 ) -> ValidRequest:
-    """Upserts without metadata given as columns, as `brainy ingest X.npy` reads
-    them: ids, and a matrix with a vector a row (any numeric dtype). Checked as
-    `validate` checks the same records, naming `records[i].id` / `.vector`, with
-    the matrix converted and checked in one vectorised pass."""
+    """Upserts given as columns, as `brainy ingest X.npy` reads them: ids, a
+    matrix with a vector a row (any numeric dtype), and optionally a metadata
+    object (or None) a row. Checked as `validate` checks the same records, naming
+    `records[i].id` / `.vector` / `.metadata`, with the matrix converted and
+    checked in one vectorised pass."""
     schema = _collection_schema(collection, schema_of)
     if not len(ids):
         raise InvalidInput("records", "nothing to ingest: give records or deletes")
     if len(ids) != len(vectors):
         raise InvalidInput("records", f"{len(ids)} ids for {len(vectors)} vectors")
+    if metadata is not None and len(metadata) != len(ids):
+        raise InvalidInput("metadata", f"{len(metadata)} metadata objects for {len(ids)} ids")
     _check_count(len(ids), settings)
     checked = check_ids(ids, lambda i: f"records[{i}].id", settings.max_id_length)
     matrix = check_matrix(vectors, lambda i: f"records[{i}].vector", schema)
-    return ValidRequest.of(schema, checked, [UPSERT] * len(ids), matrix, [None] * len(ids))
+    if metadata is None:
+        metas: list[dict | None] = [None] * len(ids)
+    else:
+        metas = [_check_metadata(m, f"records[{i}]", settings) for i, m in enumerate(metadata)]
+    return ValidRequest.of(schema, checked, [UPSERT] * len(ids), matrix, metas)
 
 
 def check_ids(ids: Sequence[Any], field: Callable[[int], str], max_len: int) -> list[str]:
