@@ -257,6 +257,12 @@ def _locks_parser(sub: Subparsers) -> None:
     p.add_argument("resource")
 
 
+def _config_parser(sub: Subparsers) -> None:
+    from brainy.entry.config_cli import add_parser
+
+    add_parser(sub, add_command)
+
+
 # One entry per subcommand; a new subcommand adds its function here.
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _demo_parser,
@@ -269,6 +275,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _sweep_parser,
     _verify_parser,
     _locks_parser,
+    _config_parser,
 )
 
 
