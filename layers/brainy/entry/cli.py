@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from brainy.core import logs
 from brainy.core.config import (
     AUTO,
     METRICS,
@@ -318,6 +320,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     args = build_parser().parse_args(argv)
     session = Session(args.store, os.environ if env is None else env)
     try:
+        # A terminal gets warnings only; BRAINY_LOG_FORMAT=json makes them JSON lines.
+        logs.configure(session.env, level=logging.WARNING)
         return args.run(args, session)
     except (BrainyError, CliError) as e:
         return _fail(e.field, e.reason, 2)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from brainy.core import logs
 from brainy.core.config import (
     CONFIG_KEY,
     CollectionSchema,
@@ -25,7 +26,7 @@ from brainy.core.config import (
     read_json_object,
 )
 from brainy.core.errors import Forbidden, InvalidInput, UnknownCollection
-from brainy.format.batch import WriterClock
+from brainy.format.batch import WriterClock, collection_of_batch
 from brainy.maintenance.context import Maintenance
 from brainy.read.search import DEFAULT_RECALL_TARGET, Searcher, SearchResult
 from brainy.read.warmup import WarmReport
@@ -181,6 +182,7 @@ class Brainy:
         started = self._start_ingest()
         key = check_idempotency_key(idempotency_key)
         request = validate(payload, self.settings, self.schema)
+        logs.bind(collection=request.schema.name)
         return self._write(request, key, started)
 
     def ingest_vectors(
@@ -247,6 +249,7 @@ class Brainy:
             started = time.perf_counter()
             results.append(self.indexer.index(key))
             self.metrics.index_seconds.observe(time.perf_counter() - started)
+            logs.bind(collection=collection_of_batch(key), version=results[-1].version)
         return results
 
     def index_key(self, key: str) -> IndexResult:
@@ -333,6 +336,7 @@ class Brainy:
             raise Forbidden("mode", "this instance is write-only: search is refused")
         started = time.perf_counter()
         query = self.parse_query(payload)
+        logs.bind(collection=query.schema.name)
         result = self.searcher.search(
             query.schema,
             query.vector,
@@ -344,6 +348,7 @@ class Brainy:
         )
         self.metrics.search_seconds.observe(time.perf_counter() - started)
         self.metrics.vectors_served.inc(len(result.hits))
+        logs.bind(version=result.version)
         return result
 
     def warmup(self, payload: Any) -> list[WarmReport]:
