@@ -32,6 +32,7 @@ from brainy.core.config import (
 )
 from brainy.core.errors import BrainyError
 from brainy.entry.demo import DEMO_STORE, reset_store, run_demo
+from brainy.entry.progress import terminal_bars, terminal_progress
 from brainy.service.app import Brainy
 from brainy.storage import ObjectStore, ReadOnlyStore, StorageError, open_store
 from brainy.table.manifest import CommitFailed
@@ -594,6 +595,7 @@ def _run_ingest(args: argparse.Namespace, session: Session) -> int:
     records = deletes = batches = 0
     write_s = index_s = 0.0
     version: int | None = None
+    bars = terminal_bars()  # a bar on a terminal; the lines below elsewhere
     for chunk in chunks():
         t0 = time.perf_counter()
         try:
@@ -616,7 +618,12 @@ def _run_ingest(args: argparse.Namespace, session: Session) -> int:
                 raise CliError(outcome.batch, f"not indexed: {result.status} {result.detail}")
             version = result.version
             line += f" -> version {version}"
-        _progress(line)
+        if bars is None:
+            _progress(line)
+        else:
+            bars("ingest", records + deletes, checked)
+    if bars is not None:
+        bars.close()
 
     total = records + deletes
     _out(
@@ -751,7 +758,8 @@ def _run_demo(args: argparse.Namespace, session: Session) -> int:
 
 
 def _run_compact(args: argparse.Namespace, session: Session) -> int:
-    reports = session.app.maintain(args.collection, force=args.force)
+    with terminal_progress() as bars:
+        reports = session.app.maintain(args.collection, force=args.force, progress=bars)
     _dump(reports)
     return 0 if all(r["verify"]["ok"] for r in reports) else 1
 
@@ -761,7 +769,11 @@ def _run_gc(args: argparse.Namespace, session: Session) -> int:
 
     app = session.app
     app.require_schema(args.collection)
-    _dump(collect_garbage(app.store, args.collection, app.settings, dry_run=args.dry_run).to_dict())
+    with terminal_progress() as bars:
+        report = collect_garbage(
+            app.store, args.collection, app.settings, dry_run=args.dry_run, progress=bars
+        )
+    _dump(report.to_dict())
     return 0
 
 
@@ -782,7 +794,8 @@ def _run_verify(args: argparse.Namespace, session: Session) -> int:
     app = session.app
     app.require_schema(args.collection)
     deep = not args.shallow
-    report = verify(app.store, args.collection, deep=deep)
+    with terminal_progress() as bars:
+        report = verify(app.store, args.collection, deep=deep, progress=bars)
     out: dict[str, Any] = {"verify": report.to_dict()}
     if args.repair and not report.ok:
         out["repair"] = repair(app.maintenance, args.collection, report).to_dict()

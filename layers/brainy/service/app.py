@@ -27,7 +27,7 @@ from brainy.core.config import (
 )
 from brainy.core.errors import Forbidden, InvalidInput, UnknownCollection
 from brainy.format.batch import WriterClock, collection_of_batch
-from brainy.maintenance.context import Maintenance
+from brainy.maintenance.context import Maintenance, Progress
 from brainy.read.search import DEFAULT_RECALL_TARGET, Searcher, SearchResult
 from brainy.read.warmup import WarmReport
 from brainy.service.clock import ClockCheck
@@ -405,13 +405,20 @@ class Brainy:
 
     # ------------------------------------------------------------ maintenance
 
-    def maintain(self, collection: str | None = None, *, force: bool = False) -> list[dict]:
-        """Sweep, compact, collect garbage and verify one collection, or all of them."""
+    def maintain(
+        self,
+        collection: str | None = None,
+        *,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> list[dict]:
+        """Sweep, compact, collect garbage and verify one collection, or all of them
+        (`progress`: told how far each step is)."""
         if self.settings.read_only:
             raise Forbidden("mode", "a read-only instance cannot compact")
         self._require_clock()
         names = [collection] if collection else sorted(self.collections())
-        return [maintain(self.maintenance, name, force=force) for name in names]
+        return [maintain(self.maintenance, name, force=force, progress=progress) for name in names]
 
     # ----------------------------------------------------------------- status
 
