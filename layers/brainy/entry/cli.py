@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from brainy.core import logs
 from brainy.core.config import (
     AUTO,
     METRICS,
@@ -33,6 +35,7 @@ from brainy.entry.bluesky import bluesky_command
 from brainy.entry.demo import DEMO_STORE, reset_store, run_demo
 from brainy.entry.dev import dev_command
 from brainy.entry.github import github_command
+from brainy.entry.progress import terminal_bars, terminal_progress
 from brainy.entry.relay import relay_command
 from brainy.entry.rows import DEFAULT_BATCH_SIZE, BatchCuts, batch_bounds
 from brainy.service.app import Brainy
@@ -272,6 +275,12 @@ def _source_parser(sub: Subparsers) -> None:
         add(inner)
 
 
+def _config_parser(sub: Subparsers) -> None:
+    from brainy.entry.config_cli import add_parser
+
+    add_parser(sub, add_command)
+
+
 # One entry per subcommand; a new subcommand adds its function here.
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _demo_parser,
@@ -287,6 +296,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     relay_command,
     dev_command,
     _source_parser,
+    _config_parser,
 )
 
 
@@ -329,6 +339,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     args = build_parser().parse_args(argv)
     session = Session(args.store, os.environ if env is None else env)
     try:
+        # A terminal gets warnings only; BRAINY_LOG_FORMAT=json makes them JSON lines.
+        logs.configure(session.env, level=logging.WARNING)
         return args.run(args, session)
     except (BrainyError, CliError) as e:
         return _fail(e.field, e.reason, 2)
@@ -577,6 +589,7 @@ def _run_ingest(args: argparse.Namespace, session: Session) -> int:
     records = deletes = batches = 0
     write_s = index_s = 0.0
     version: int | None = None
+    bars = terminal_bars()  # a bar on a terminal; the lines below elsewhere
     for chunk in chunks():
         t0 = time.perf_counter()
         try:
@@ -599,7 +612,12 @@ def _run_ingest(args: argparse.Namespace, session: Session) -> int:
                 raise CliError(outcome.batch, f"not indexed: {result.status} {result.detail}")
             version = result.version
             line += f" -> version {version}"
-        _progress(line)
+        if bars is None:
+            _progress(line)
+        else:
+            bars("ingest", records + deletes, checked)
+    if bars is not None:
+        bars.close()
 
     total = records + deletes
     _out(
@@ -734,7 +752,8 @@ def _run_demo(args: argparse.Namespace, session: Session) -> int:
 
 
 def _run_compact(args: argparse.Namespace, session: Session) -> int:
-    reports = session.app.maintain(args.collection, force=args.force)
+    with terminal_progress() as bars:
+        reports = session.app.maintain(args.collection, force=args.force, progress=bars)
     _dump(reports)
     return 0 if all(r["verify"]["ok"] for r in reports) else 1
 
@@ -744,7 +763,11 @@ def _run_gc(args: argparse.Namespace, session: Session) -> int:
 
     app = session.app
     app.require_schema(args.collection)
-    _dump(collect_garbage(app.store, args.collection, app.settings, dry_run=args.dry_run).to_dict())
+    with terminal_progress() as bars:
+        report = collect_garbage(
+            app.store, args.collection, app.settings, dry_run=args.dry_run, progress=bars
+        )
+    _dump(report.to_dict())
     return 0
 
 
@@ -765,7 +788,8 @@ def _run_verify(args: argparse.Namespace, session: Session) -> int:
     app = session.app
     app.require_schema(args.collection)
     deep = not args.shallow
-    report = verify(app.store, args.collection, deep=deep)
+    with terminal_progress() as bars:
+        report = verify(app.store, args.collection, deep=deep, progress=bars)
     out: dict[str, Any] = {"verify": report.to_dict()}
     if args.repair and not report.ok:
         out["repair"] = repair(app.maintenance, args.collection, report).to_dict()

@@ -6,11 +6,13 @@ errors and this maps them once.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import orjson
 from flask import Request, Response
 
+from brainy.core import logs
 from brainy.core.config import ConfigError
 from brainy.core.errors import BrainyError, PayloadTooLarge, error_body
 from brainy.storage import ConditionalWritesUnsupported, ReadOnlyStore, StorageError
@@ -131,7 +134,9 @@ def instance(role: str, on_start: Callable[[Any], object] | None = None) -> Any:
         with _instances_lock:
             app = _instances.get(role)
             if app is None:
+                logs.configure(os.environ)
                 app = _instances[role] = Brainy.from_env(role)
+                logs.bind_process(instance_id=app.settings.instance_id, role=role)
                 if on_start is not None:
                     on_start(app)
     return app
@@ -174,7 +179,46 @@ def serve(
 ) -> Response:
     """Route a request of a function: its own routes plus `GET /health`,
     `GET /metrics` and `GET /openapi.json`, which every function serves. `on_start` runs once on the
-    instance the first request creates."""
+    instance the first request creates.
+
+    The request runs in a logging context of its own: its records carry its id
+    (answered in `X-Request-Id`) and the collection and version it worked on,
+    and one record says how it ended."""
+    return contextvars.copy_context().run(_logged, request, role, routes, on_start)
+
+
+def _logged(
+    request: Request,
+    role: str,
+    routes: dict[tuple[str, str], Handler],
+    on_start: Callable[[Any], object] | None,
+) -> Response:
+    rid = logs.request_id(request.headers)
+    logs.bind(request_id=rid, role=role, collection=None, version=None)
+    started = time.perf_counter()
+    response = _route(request, role, routes, on_start)
+    response.headers["X-Request-Id"] = rid
+    took_ms = round((time.perf_counter() - started) * 1000, 3)
+    # Probes (a platform polls /health and /metrics every few seconds) only at debug.
+    quiet = request.method == "GET" and request.path in ("/health", "/metrics")
+    log.log(
+        logging.DEBUG if quiet else logging.INFO,
+        "%s %s %d (%.1f ms)",
+        request.method,
+        request.path,
+        response.status_code,
+        took_ms,
+        extra={"status": response.status_code, "duration_ms": took_ms},
+    )
+    return response
+
+
+def _route(
+    request: Request,
+    role: str,
+    routes: dict[tuple[str, str], Handler],
+    on_start: Callable[[Any], object] | None,
+) -> Response:
     try:
         app = instance(role, on_start)
     except ConfigError as e:

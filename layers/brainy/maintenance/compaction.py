@@ -74,7 +74,7 @@ from brainy.format.segment import (
     read_vectors,
     upload_segment,
 )
-from brainy.maintenance.context import Maintenance
+from brainy.maintenance.context import Maintenance, Progress
 from brainy.maintenance.leases import LeaseLost, LeaseManager
 from brainy.maintenance.sweeper import sweep
 from brainy.storage import ObjectStore, PreconditionFailed
@@ -656,6 +656,7 @@ def compact(
     leases: LeaseManager | None = None,
     sweep_first: bool = True,
     before_commit: Callable[[], None] | None = None,
+    progress: Progress | None = None,
 ) -> CompactionReport:
     """Sweep unindexed batches, then merge segments under the collection's lease.
 
@@ -668,6 +669,7 @@ def compact(
             the horizon below which tombstones can go).
         before_commit: called once the outputs are uploaded, before the commit (a
             seam for tests that land other commits in between).
+        progress: told of each output merged (`"compact"`, done, total).
     """
     schema = ctx.require_schema(collection)
     settings = ctx.settings
@@ -713,7 +715,7 @@ def compact(
             report.version = base.version
             return report
         lease = leases.renew(lease)
-        outputs, routing = _build_outputs(ctx, plan, schema, current)
+        outputs, routing = _build_outputs(ctx, plan, schema, current, progress)
         try:
             lease = leases.renew(lease)
             if before_commit is not None:
@@ -860,7 +862,11 @@ def _publish(ctx: Maintenance, schema: CollectionSchema, routing: _Routing) -> N
 
 
 def _build_outputs(
-    ctx: Maintenance, plan: Plan, schema: CollectionSchema, current: Centroids | None
+    ctx: Maintenance,
+    plan: Plan,
+    schema: CollectionSchema,
+    current: Centroids | None,
+    progress: Progress | None = None,
 ) -> tuple[list[_Built], _Routing]:
     """Build the plan's outputs, routing level-0 rows by `current` (the centroids
     the base names) or by centroids trained here."""
@@ -876,9 +882,11 @@ def _build_outputs(
             _publish(ctx, schema, routing)
         # One output at a time, each input deleted once merged: a merge holds one
         # partition's rows, never the whole collection.
-        for out in plan.outputs:
+        for done, out in enumerate(plan.outputs, start=1):
             output = _gather(plan, out, inputs, ctx.masks, cache_dir / "build")
             inputs.done(out)
+            if progress is not None:
+                progress("compact", done, len(plan.outputs))
             if output.built is None:
                 continue
             built = output.built

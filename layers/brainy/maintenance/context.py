@@ -18,6 +18,10 @@ from brainy.table.headers import HeaderCache
 from brainy.table.manifest import Manifests, VersionCache
 from brainy.write.indexer import IndexResult
 
+# A long step reports how far it is: (step, units done, units in all). The CLI
+# draws a bar from it on a terminal; everything else passes None.
+Progress = Callable[[str, int, int], None]
+
 
 @dataclass(frozen=True)
 class Maintenance:

@@ -49,6 +49,7 @@ from typing import Any
 
 from brainy.core.config import Settings, validate_name
 from brainy.format.batch import WAL, collection_of_batch
+from brainy.maintenance.context import Progress
 from brainy.storage import NotFound, ObjectInfo, ObjectStore, PreconditionFailed, StorageError
 from brainy.table.manifest import Manifest, Manifests, VersionCache
 
@@ -137,6 +138,7 @@ def collect_garbage(
     now: float | None = None,
     dry_run: bool = False,
     cache: VersionCache | None = None,
+    progress: Progress | None = None,
 ) -> GCReport:
     """Delete what no retained manifest version of `collection` needs (rules above).
 
@@ -149,6 +151,7 @@ def collect_garbage(
         dry_run: list what would be deleted, delete nothing.
         cache: versions decoded by earlier runs in this process (each version in
             the retention window is then fetched once, not once a run).
+        progress: told of each object deleted (`"gc"`, done, total).
 
     Returns:
         The keys deleted (or to delete) and the versions retained.
@@ -208,10 +211,17 @@ def collect_garbage(
         report.batches = [info.key for info in doomed_batches]
         return report
 
+    total = len(expired) + len(doomed_side) + len(doomed_batches)
+
+    def tick() -> None:
+        if progress is not None:
+            progress("gc", len(report.deleted) + len(report.skipped), total)
+
     if expired and _point_hint_at(manifests, report.newest or 0, oldest):
         for version in expired:
             store.delete(manifests.key(version))
             report.versions.append(manifests.key(version))
+            tick()
     for info in doomed_side:
         if not _delete_unchanged(store, info):
             report.skipped.append(info.key)
@@ -219,8 +229,10 @@ def collect_garbage(
             report.segments.append(info.key)
         else:
             report.side.append(info.key)
+        tick()
     for info in doomed_batches:
         (report.batches if _delete_unchanged(store, info) else report.skipped).append(info.key)
+        tick()
     if report.deleted:
         log.info(
             "gc %s: deleted %d versions, %d segments, %d side objects, %d batches (retained %s)",

@@ -28,6 +28,7 @@ from brainy.format.batch import Batch, CorruptBatch
 from brainy.format.centroids import CorruptCentroids, read_centroids
 from brainy.format.deletes import CorruptDeletionFile
 from brainy.format.segment import CorruptSegment, SegmentHeader, load_segment, read_segment_header
+from brainy.maintenance.context import Progress
 from brainy.storage import NotFound, ObjectStore
 from brainy.table.deletions import Masks
 from brainy.table.headers import HeaderCache
@@ -97,7 +98,9 @@ class VerifyReport:
         }
 
 
-def verify(store: ObjectStore, collection: str, *, deep: bool = True) -> VerifyReport:
+def verify(
+    store: ObjectStore, collection: str, *, deep: bool = True, progress: Progress | None = None
+) -> VerifyReport:
     """Check the newest manifest of `collection` against the objects it names.
 
     Args:
@@ -105,6 +108,7 @@ def verify(store: ObjectStore, collection: str, *, deep: bool = True) -> VerifyR
         collection: the collection to check.
         deep: download every segment and hash it, and decode every applied batch
             still stored; otherwise only sizes and segment headers are read.
+        progress: told of each segment checked (`"verify"`, done, total).
 
     Returns:
         The report; `report.ok` when nothing is wrong. A collection never
@@ -141,6 +145,8 @@ def verify(store: ObjectStore, collection: str, *, deep: bool = True) -> VerifyR
                 headers.put(ref.id, header)
                 good.append(ref)
             report.segments_checked += 1
+            if progress is not None:
+                progress("verify", report.segments_checked, len(manifest.segments))
     _check_live(live_copies(good, headers, masks), report)
     if deep:
         _check_batches(store, manifest, report)

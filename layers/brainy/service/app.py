@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from brainy.core import logs
 from brainy.core.config import (
     CONFIG_KEY,
     CollectionSchema,
@@ -27,8 +28,8 @@ from brainy.core.config import (
     read_json_object,
 )
 from brainy.core.errors import Forbidden, InvalidInput, UnknownCollection
-from brainy.format.batch import WriterClock
-from brainy.maintenance.context import Maintenance
+from brainy.format.batch import WriterClock, collection_of_batch
+from brainy.maintenance.context import Maintenance, Progress
 from brainy.read.search import DEFAULT_RECALL_TARGET, Searcher, SearchResult
 from brainy.read.warmup import WarmReport
 from brainy.service.clock import ClockCheck
@@ -290,6 +291,7 @@ class Brainy:
         started = self._start_ingest()
         key = check_idempotency_key(idempotency_key)
         request = validate(payload, self.settings, self.schema)
+        logs.bind(collection=request.schema.name)
         return self._write(request, key, started, timestamps)
 
     def ingest_vectors(
@@ -368,6 +370,7 @@ class Brainy:
             started = time.perf_counter()
             results.append(self.indexer.index(key))
             self.metrics.index_seconds.observe(time.perf_counter() - started)
+            logs.bind(collection=collection_of_batch(key), version=results[-1].version)
         self.flush_events()
         return results
 
@@ -462,6 +465,7 @@ class Brainy:
     def _search(self, payload: Mapping[str, Any], at: Manifest | None) -> SearchResult:
         started = self._start_search()
         query = self.parse_query(payload)
+        logs.bind(collection=query.schema.name)
         result = self.searcher.search(
             query.schema,
             query.vector,
@@ -474,6 +478,7 @@ class Brainy:
         )
         self.metrics.search_seconds.observe(time.perf_counter() - started)
         self.metrics.vectors_served.inc(len(result.hits))
+        logs.bind(version=result.version)
         return result
 
     def search_batch(
@@ -562,8 +567,15 @@ class Brainy:
 
     # ------------------------------------------------------------ maintenance
 
-    def maintain(self, collection: str | None = None, *, force: bool = False) -> list[dict]:
-        """Sweep, compact, collect garbage and verify one collection, or all of them."""
+    def maintain(
+        self,
+        collection: str | None = None,
+        *,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> list[dict]:
+        """Sweep, compact, collect garbage and verify one collection, or all of them
+        (`progress`: told how far each step is)."""
         if self.settings.read_only:
             raise Forbidden("mode", "a read-only instance cannot compact")
         self._require_clock()
@@ -573,7 +585,7 @@ class Brainy:
             names = [self.require_schema(collection).name]
         reports = []
         for name in names:
-            reports.append(maintain(self.maintenance, name, force=force))
+            reports.append(maintain(self.maintenance, name, force=force, progress=progress))
             self._observe_pass(name, reports[-1])
         self.flush_events()
         return reports
