@@ -181,7 +181,11 @@ def test_a_threaded_build_is_annoys_own_threaded_index(tmp_path, metric):
     )
     store = open_store("memory://threaded-build")
     segment = load_segment(store, upload_segment(store, "c", built), built.id, tmp_path / "c")
-    assert segment.index.get_n_trees() == 8
+    # Annoy's `load` counts as roots the nodes at the end of the file whose subtree
+    # holds every item: the 8 copies of the roots, plus any tree's own root that a
+    # thread allocated last (its load drops one such; threads finishing together
+    # can leave two or three). Duplicates only repeat a tree in a search.
+    assert 8 <= segment.index.get_n_trees() <= 8 + 3
     assert (np.asarray(segment.vectors) == vectors).all()
     agree = [
         len(set(segment.index.get_nns_by_vector(q, 10, search_k=200))
