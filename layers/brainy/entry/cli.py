@@ -339,8 +339,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     args = build_parser().parse_args(argv)
     session = Session(args.store, os.environ if env is None else env)
     try:
-        # A terminal gets warnings only; BRAINY_LOG_FORMAT=json makes them JSON lines.
-        logs.configure(session.env, level=logging.WARNING)
+        # A terminal gets warnings only, a long-running command (relay, dev, a
+        # source: `log_level` INFO) what it does; BRAINY_LOG_FORMAT=json: JSON lines.
+        logs.configure(session.env, level=getattr(args, "log_level", logging.WARNING))
         return args.run(args, session)
     except (BrainyError, CliError) as e:
         return _fail(e.field, e.reason, 2)

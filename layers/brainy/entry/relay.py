@@ -316,6 +316,7 @@ def relay_command(sub: Any) -> None:
         "to the indexer; a message is deleted only once the indexer answered 2xx",
         _run_relay,
     )
+    p.set_defaults(log_level=logging.INFO)  # long-running: say what it does
     p.add_argument("--queue-url", required=True, metavar="URL", help="the SQS queue")
     p.add_argument("--target", required=True, metavar="URL", help="the indexer's URL")
     p.add_argument(
@@ -332,9 +333,6 @@ def relay_command(sub: Any) -> None:
 
 
 def _run_relay(args: Any, session: Any) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        logging.getLogger("botocore").setLevel(logging.WARNING)
     endpoint = args.endpoint_url or session.env.get("BRAINY_SQS_ENDPOINT_URL") or None
     relay = Relay(
         sqs_client(args.queue_url, endpoint, args.region),

@@ -98,7 +98,7 @@ def add_source_command(
                         metavar="SECONDS",
                         help=f"flush a batch this long after its first record "
                              f"(default {flush_interval:g})")  # fmt: skip
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, log_level=logging.INFO)
     return parser
 
 
@@ -294,8 +294,6 @@ def run_source(
         BrainyError: an unknown collection, a batch size beyond `max_records`,
             a bad `$PORT` (before anything is read).
     """
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     schema = app.require_schema(args.collection)
     collection = schema.name
     if args.batch_size > app.settings.max_records:

@@ -29,6 +29,7 @@ from brainy.format.centroids import Centroids, read_centroids
 from brainy.format.partitioning import centroid_scores, probed_partitions
 from brainy.format.segment import LoadedSegment
 from brainy.read.cache import CachedSegment, SegmentCache
+from brainy.read.coalesce import Coalescer
 from brainy.read.recall import RecallMonitor, RecallSample
 from brainy.read.warmup import BackgroundWarmer, WarmReport
 from brainy.storage import ObjectStore
@@ -426,6 +427,7 @@ class Searcher:
             else None
         )
         self.recall = RecallMonitor(recall_sample, on_sample=on_recall_sample)
+        self.coalescer = Coalescer()
 
     def centroids(self, key: str) -> Centroids:
         """The centroids object at `key` (one GET per key per process)."""
@@ -527,6 +529,23 @@ class Searcher:
                 RecallSample(lambda: self._exact_ids(manifest, schema, query, k, filters), answered)
             )
         return SearchResult(hits, manifest.version)
+
+    def search_shared(
+        self,
+        schema: CollectionSchema,
+        query: np.ndarray,
+        k: int,
+        recall_target: float = DEFAULT_RECALL_TARGET,
+    ) -> SearchResult:
+        """`search` of an unfiltered query at the newest version, sharing its work
+        with the concurrent ones of the same collection, `k` and target (see
+        `brainy.read.coalesce`): the same answer."""
+        return self.coalescer.search(
+            (schema, k, recall_target),
+            np.asarray(query, dtype=np.float32),
+            lambda q: self.search(schema, q, k, recall_target=recall_target),
+            lambda m: self.search_batch(schema, m, k, recall_target=recall_target),
+        )
 
     def search_batch(
         self,

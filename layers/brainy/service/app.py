@@ -466,16 +466,22 @@ class Brainy:
         started = self._start_search()
         query = self.parse_query(payload)
         logs.bind(collection=query.schema.name)
-        result = self.searcher.search(
-            query.schema,
-            query.vector,
-            query.k,
-            query.filters,
-            query.min_version,
-            self.settings.min_version_timeout,
-            query.recall_target,
-            at,
-        )
+        if at is None and not query.filters and not query.min_version:
+            # Concurrent queries like it share their work (brainy.read.coalesce).
+            result = self.searcher.search_shared(
+                query.schema, query.vector, query.k, query.recall_target
+            )
+        else:
+            result = self.searcher.search(
+                query.schema,
+                query.vector,
+                query.k,
+                query.filters,
+                query.min_version,
+                self.settings.min_version_timeout,
+                query.recall_target,
+                at,
+            )
         self.metrics.search_seconds.observe(time.perf_counter() - started)
         self.metrics.vectors_served.inc(len(result.hits))
         logs.bind(version=result.version)
