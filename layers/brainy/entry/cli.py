@@ -29,7 +29,7 @@ from brainy.core.config import (
     store_url_from_env,
 )
 from brainy.core.errors import BrainyError
-from brainy.entry.demo import DEMO_STORE, reset_store, run_demo
+from brainy.entry.demo import DEMO_SCHEMAS, DEMO_STORE, reset_store, run_demo
 from brainy.service.app import Brainy
 from brainy.storage import ObjectStore, ReadOnlyStore, StorageError, open_store
 from brainy.table.manifest import CommitFailed
@@ -134,6 +134,12 @@ def _demo_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--limit", type=_positive, help="ingest at most N records")
     p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE)
+    p.add_argument(
+        "--embedder",
+        choices=sorted(DEMO_SCHEMAS),
+        default="hash",
+        help="hash (default) or minilm: by meaning, needs the minilm extra",
+    )
 
 
 def _collection_parser(sub: Subparsers) -> None:
@@ -730,7 +736,13 @@ def _run_demo(args: argparse.Namespace, session: Session) -> int:
         store.close()
     try:
         _out(f"Brainy demo: embedded, on {url}")
-        run_demo(demo.app, sys.stdout, limit=args.limit, batch_size=args.batch_size)
+        run_demo(
+            demo.app,
+            sys.stdout,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            embedder=args.embedder,
+        )
     finally:
         demo.close()
     return 0

@@ -34,6 +34,8 @@ from brainy.service.maintenance import maintain
 from brainy.service.metrics import Metrics
 from brainy.storage import ObjectStore, StorageError
 from brainy.table.manifest import Manifest, Manifests, VersionCache
+from brainy.write.embedders import check_embedder
+from brainy.write.embedding_cache import EmbeddingCache
 from brainy.write.events import ObjectCreated
 from brainy.write.indexer import Indexer, IndexResult
 from brainy.write.ingest import (
@@ -73,6 +75,8 @@ class Brainy:
     """An instance of one role, bound to one store."""
 
     def __init__(self, settings: Settings, store: ObjectStore) -> None:
+        for schema in settings.collections.values():
+            check_embedder(schema, settings)
         self.settings = settings
         self.store = store
         # Explicit instance ids may be shared by every copy of a function: the
@@ -100,6 +104,10 @@ class Brainy:
             self._cache_hit_ratio,
             self.clock_check.last_measured if self.clock_check else None,
             lambda: self._searcher.recall.recall if self._searcher else float("nan"),
+            lambda: self.embeddings.hit_ratio,
+        )
+        self.embeddings = EmbeddingCache.for_instance(
+            settings, store, self.metrics.embeddings_computed.inc
         )
         store.add_observer(self.metrics.count_request)
 
@@ -153,6 +161,7 @@ class Brainy:
     def create_collection(self, schema: CollectionSchema) -> bool:
         if self.settings.read_only:
             raise Forbidden("mode", "a read-only instance cannot create collections")
+        check_embedder(schema, self.settings)
         stored = self.manifests(schema.name).latest()
         created = create_collection(
             self.store, schema, stored=stored.schema if stored is not None else None
@@ -180,7 +189,7 @@ class Brainy:
         """Validate a request (`POST /ingest`'s body) and make it one durable batch."""
         started = self._start_ingest()
         key = check_idempotency_key(idempotency_key)
-        request = validate(payload, self.settings, self.schema)
+        request = validate(payload, self.settings, self.schema, self.embeddings.embed)
         return self._write(request, key, started)
 
     def ingest_vectors(
@@ -300,7 +309,13 @@ class Brainy:
         if has_vector:
             vector = check_vector(payload["vector"], "vector", schema)
         else:
-            vector = embed_text(schema, payload["text"], "text")
+            # A query is one short text: a bucket lookup would only add latency.
+            vector = embed_text(
+                schema,
+                payload["text"],
+                "text",
+                lambda s, texts: self.embeddings.embed(s, texts, shared=False),
+            )
         filters = payload.get("filter") or {}
         if not isinstance(filters, Mapping):
             raise InvalidInput("filter", "expected an object of field: value")
@@ -453,6 +468,7 @@ class Brainy:
         }
 
     def close(self) -> None:
+        self.embeddings.close()
         if self._searcher is not None:
             self._searcher.close()
         self.store.close()

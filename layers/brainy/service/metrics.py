@@ -18,6 +18,7 @@ class Metrics:
         cache_hit_ratio: Callable[[], float] | None = None,
         clock_skew: Callable[[], float] | None = None,
         search_recall: Callable[[], float] | None = None,
+        embedding_cache_hit_ratio: Callable[[], float] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.search_seconds = Histogram(
@@ -65,6 +66,19 @@ class Metrics:
         self.recall_samples = Counter(
             "brainy_search_recall_samples",
             "Sampled queries whose recall was measured",
+            registry=self.registry,
+        )
+
+        self.embedding_cache_hit_ratio = Gauge(
+            "brainy_embedding_cache_hit_ratio",
+            "Texts whose embedding came from the embedding cache (in-process or the"
+            " bucket's) / texts looked up",
+            registry=self.registry,
+        )
+        self.embedding_cache_hit_ratio.set_function(embedding_cache_hit_ratio or (lambda: 0.0))
+        self.embeddings_computed = Counter(
+            "brainy_embeddings_computed",
+            "Texts sent to a cached embedder (minilm, openai): the embedding cache's misses",
             registry=self.registry,
         )
 
