@@ -5,6 +5,7 @@ collection whose dimension it cannot fill is refused before anything is written.
 
 from __future__ import annotations
 
+import io
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from brainy.core.config import CollectionSchema, ConfigError, SchemaFrozen
+from brainy.entry.demo import run_demo
 from brainy.write.embedders import EmbedderUnavailable, MiniLMEmbedder, get_embedder
 from helpers import make_app
 
@@ -105,3 +107,14 @@ def test_the_embedder_of_a_collection_holding_data_cannot_change(tmp_path: Path)
     with pytest.raises(SchemaFrozen, match=r"embedder: cannot change from 'hash' to 'minilm'"):
         app.create_collection(CollectionSchema("docs", dimension=384, embedder="minilm"))
     app.close()
+
+
+def test_the_demo_runs_with_minilm(tmp_path: Path) -> None:
+    _need_minilm()
+    app = make_app(f"file://{tmp_path}/demo", tmp_path)
+    out = io.StringIO()
+    report = run_demo(app, out, limit=60, batch_size=30, embedder="minilm")
+    app.close()
+    assert report.records == 60 and report.batches == 2
+    assert "dimension 384, angular, minilm embedder" in out.getvalue()
+    assert all(len(ids) == 3 for ids in report.searches.values())

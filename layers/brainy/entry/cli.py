@@ -22,6 +22,7 @@ import numpy as np
 
 from brainy.core.config import (
     AUTO,
+    EMBEDDERS,
     METRICS,
     STRATEGIES,
     CollectionSchema,
@@ -168,7 +169,13 @@ def _collection_parser(sub: Subparsers) -> None:
         "--nprobe", type=_positive, help="partitions a semantic search probes (default: auto)"
     )
     create.add_argument("--seed", type=int, default=0)
-    create.add_argument("--embedder", default="hash", help="text embedder (default: hash)")
+    create.add_argument(
+        "--embedder",
+        choices=EMBEDDERS,
+        default="hash",
+        help="text embedder (default: hash; minilm makes 384-d vectors and needs the minilm "
+        "extra; openai asks openai_base_url for --dimension numbers)",
+    )
     listing = add_command(actions, "list", "the declared collections", _run_collection_list)
     listing.add_argument("--json", action="store_true", help="print JSON")
 
