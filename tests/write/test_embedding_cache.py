@@ -75,6 +75,10 @@ def test_a_retried_batch_costs_one_get_and_no_embedding(
     assert _metric(retry, "brainy_object_store_requests_total", '{kind="get"}') - gets == 1
     np.testing.assert_array_equal(_vectors(retry, again.batch), _vectors(first, written.batch))
     assert _metric(retry, "brainy_embedding_cache_hit_ratio") == 1.0
+    # What the bucket gave is remembered: the next retry sends no request at all.
+    gets = _metric(retry, "brainy_object_store_requests_total", '{kind="get"}')
+    retry.ingest(_payload(texts))
+    assert _metric(retry, "brainy_object_store_requests_total", '{kind="get"}') == gets
     assert _metric(first, "brainy_embedding_cache_hit_ratio") == 0.0
     assert _metric(first, "brainy_embeddings_computed_total") == 300
     first.close()
@@ -101,11 +105,13 @@ def test_a_recrawled_readme_in_another_batch_is_not_embedded_again(
 
 def test_one_instance_remembers_without_the_bucket(tmp_path: Path, fake: FakeOpenAI) -> None:
     app = _instance(f"file://{tmp_path}/data", tmp_path, fake, cache=False)
-    app.ingest(_payload(["tea", "jazz"]))
+    first = app.ingest(_payload(["tea", "jazz", "tea"]))  # a repeat within one batch, too
     app.ingest(_payload(["jazz", "cats"], prefix="q"))
     assert fake.inputs == ["tea", "jazz", "cats"]
+    vectors = _vectors(app, first.batch)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
     assert list(app.store.list(PREFIX)) == []  # cache_embeddings off: nothing written
-    assert _metric(app, "brainy_embedding_cache_hit_ratio") == 0.25
+    assert _metric(app, "brainy_embedding_cache_hit_ratio") == 0.4
 
 
 def test_a_damaged_cache_object_is_embedded_again(tmp_path: Path, fake: FakeOpenAI) -> None:

@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 PREFIX = "_brainy/embeddings/"
 # Characters from which a text gets an object of its own (about 250 tokens).
 LONG_TEXT = 1000
-# The LRU's budget for vectors, in bytes (25,000 vectors of 1536 floats; 100,000 of 384).
-LRU_BYTES = 160 * 10**6
+# The LRU's budget for vectors, in bytes (10,000 vectors of 1536 floats; 40,000 of 384).
+LRU_BYTES = 64 * 10**6
 _THREADS = 16
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -106,26 +106,34 @@ class EmbeddingCache:
             return embedder.embed(texts)
         dim = embedder.dimension
         base = f"{PREFIX}{_UNSAFE.sub('_', embedder.cache_id)}/{dim}/"
-        keys = [_text_key(embedder.cache_id, dim, t) for t in texts]
-        out = np.empty((len(texts), dim), dtype=np.float32)
-        missing = self._from_lru(keys, out)
+        # A text repeated in one call ("gm" in a batch of posts) is looked up and
+        # embedded once.
+        slots: dict[str, int] = {}
+        rows = [slots.setdefault(_text_key(embedder.cache_id, dim, t), len(slots)) for t in texts]
+        keys = list(slots)
+        unique = [""] * len(keys)
+        for text, row in zip(texts, rows, strict=True):
+            unique[row] = text
+        out = np.empty((len(keys), dim), dtype=np.float32)
+        not_in_lru = self._from_lru(keys, out)
+        missing = not_in_lru
         store = self.store if shared else None
-        short = [i for i, t in enumerate(texts) if len(t) < LONG_TEXT]
+        short = [i for i, t in enumerate(unique) if len(t) < LONG_TEXT]
         batch_key = ""
         if store is not None and missing:
             batch_key = f"{base}batches/{_digest(keys[i] for i in short)}" if short else ""
-            missing = self._from_store(store, base, batch_key, texts, keys, missing, out)
+            missing = self._from_store(store, base, batch_key, unique, keys, missing, out)
         if missing:
-            out[missing] = embedder.embed([texts[i] for i in missing])
+            out[missing] = embedder.embed([unique[i] for i in missing])
             self._computed(len(missing))
             if store is not None:
-                self._to_store(store, base, batch_key, short, texts, keys, missing, out)
+                self._to_store(store, base, batch_key, short, unique, keys, missing, out)
         with self._lock:
             self.lookups += len(texts)
             self.hits += len(texts) - len(missing)
-            for i in missing:
+            for i in not_in_lru:
                 self._remember(keys[i], out[i])
-        return out
+        return out[rows]
 
     # ------------------------------------------------------------------ LRU
 
