@@ -20,6 +20,7 @@ from brainy.write.embedders import (
 )
 from fake_openai import FakeOpenAI, serve_fake_openai
 from helpers import make_app
+from servers import free_port
 
 
 @pytest.fixture
@@ -71,6 +72,15 @@ def test_retries_run_out_with_an_error_naming_the_last_failure(fake) -> None:
         _embedder(fake, sleeps).embed(["alpha"])
     assert e.value.status == 503
     assert len(fake.requests) == 5 and len(sleeps) == 4
+
+
+def test_an_unreachable_api_is_retried_then_named(fake) -> None:
+    url = fake.url.replace(fake.url.split(":")[-1].split("/")[0], str(free_port()))
+    sleeps: list[float] = []
+    embedder = OpenAIEmbedder(16, base_url=url, sleep=sleeps.append, retry=RetryPolicy(3))
+    with pytest.raises(EmbedderUnavailable, match=r"after 3 attempts: URLError: .*refused"):
+        embedder.embed(["alpha"])
+    assert len(sleeps) == 2
 
 
 def test_a_4xx_is_not_retried_and_names_status_and_message(fake) -> None:

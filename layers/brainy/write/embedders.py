@@ -17,6 +17,7 @@ the embedder cannot produce, at start-up and at creation.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import itertools
 import json
 import logging
@@ -267,7 +268,7 @@ class OpenAIEmbedder:
                     ) from None
                 failure = f"HTTP {e.code}: {message}"
                 wait = _retry_after(e.headers.get("Retry-After"))
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
                 failure, wait = f"{type(e).__name__}: {e}", None
             if attempt + 1 < self.retry.attempts:
                 delay = wait if wait is not None else self.retry.delay(attempt)
