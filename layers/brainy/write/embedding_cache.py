@@ -39,7 +39,7 @@ import xxhash
 
 from brainy.core.config import CollectionSchema, Settings
 from brainy.storage import NotFound, ObjectStore, PreconditionFailed, StorageError
-from brainy.write.embedders import get_embedder
+from brainy.write.embedders import EmptyText, get_embedder
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,12 @@ class EmbeddingCache:
         batch_key = ""
         if store is not None and missing:
             batch_key = f"{base}batches/{_digest(keys[i] for i in short)}" if short else ""
-            missing = self._from_store(store, base, batch_key, unique, keys, missing, out)
+            missing = self._from_store(store, base, batch_key, short, unique, keys, missing, out)
         if missing:
-            out[missing] = embedder.embed([unique[i] for i in missing])
+            try:
+                out[missing] = embedder.embed([unique[i] for i in missing])
+            except EmptyText as e:  # name the text by its place in `texts`
+                raise EmptyText(str(e), rows.index(missing[e.index])) from None
             self._computed(len(missing))
             if store is not None:
                 self._to_store(store, base, batch_key, short, unique, keys, missing, out)
@@ -167,6 +170,7 @@ class EmbeddingCache:
         store: ObjectStore,
         base: str,
         batch_key: str,
+        short: list[int],
         texts: list[str],
         keys: list[str],
         missing: list[int],
@@ -174,11 +178,10 @@ class EmbeddingCache:
     ) -> list[int]:
         missing_set = set(missing)
         if batch_key and any(len(texts[i]) < LONG_TEXT for i in missing):
-            shorts = [i for i, t in enumerate(texts) if len(t) < LONG_TEXT]
-            matrix = self._read(store, batch_key, len(shorts), out.shape[1])
+            matrix = self._read(store, batch_key, len(short), out.shape[1])
             if matrix is not None:
-                out[shorts] = matrix
-                missing_set -= set(shorts)
+                out[short] = matrix
+                missing_set -= set(short)
         long = [i for i in sorted(missing_set) if len(texts[i]) >= LONG_TEXT]
         found = self._map(
             lambda i: self._read(store, _long_key(base, keys[i]), 1, out.shape[1]), long
