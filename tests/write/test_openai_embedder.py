@@ -142,3 +142,16 @@ def test_an_instance_embeds_ingested_and_queried_text_through_the_api(fake, tmp_
     assert hits[0].id == "p3"
     assert fake.inputs[-1] == "jazz"
     app.close()
+
+
+def test_a_refused_embedding_fails_the_ingest_and_writes_nothing(fake, tmp_path) -> None:
+    app = make_app(f"file://{tmp_path}/data", tmp_path, BRAINY_OPENAI_BASE_URL=fake.url)
+    app.create_collection(CollectionSchema("posts", dimension=32, embedder="openai"))
+    fake.fail(401, {"error": {"message": "Incorrect API key provided"}})
+    with pytest.raises(EmbedderRejected) as e:
+        app.ingest({"collection": "posts", "records": [{"id": "a", "text": "hello"}]})
+    assert e.value.status == 502
+    assert e.value.to_dict()["error"]["code"] == "embedder_rejected"
+    assert "HTTP 401: Incorrect API key provided" in e.value.reason
+    assert list(app.store.list("posts/wal/")) == []
+    app.close()
