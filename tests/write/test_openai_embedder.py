@@ -40,9 +40,12 @@ def test_texts_go_in_batches_with_model_dimensions_and_key(fake, monkeypatch) ->
     vectors = _embedder(fake, [], batch_size=100).embed(texts)
 
     assert [len(r["input"]) for r in fake.requests] == [100, 100, 50]
-    assert fake.inputs == texts
+    assert fake.inputs[:250] == texts
     assert {r["model"] for r in fake.requests} == {"text-embedding-3-small"}
     assert {r["dimensions"] for r in fake.requests} == {16}
+    # A model that cannot shorten its vectors is not sent `dimensions` (it would refuse it).
+    OpenAIEmbedder(1536, model="text-embedding-ada-002", base_url=fake.url).embed(["x"])
+    assert "dimensions" not in fake.requests[-1]
     assert {h["Authorization"] for h in fake.headers} == {"Bearer sk-test-123"}
     # Rows come back in the texts' order (the fake answers them reversed).
     np.testing.assert_allclose(vectors, HashEmbedder(16).embed(texts), atol=1e-6)
@@ -111,6 +114,12 @@ def test_configured_dimensions_must_match_the_collection(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as e:
         get_embedder("openai", 256, settings)
     assert "512-d" in str(e.value) and "dimension is 256" in str(e.value)
+
+    with pytest.raises(ConfigError, match=r"'text-embedding-3-small' makes at most 1536-d vectors"):
+        get_embedder("openai", 2048, Settings())
+    ada = Settings(openai_model="text-embedding-ada-002")
+    with pytest.raises(ConfigError, match=r"'text-embedding-ada-002' makes 1536-d vectors.* 512"):
+        get_embedder("openai", 512, ada)
 
     config = tmp_path / "config.json"
     config.write_text(

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 import xxhash
 
-from brainy.core.config import CollectionSchema, ConfigError, Settings
+from brainy.core.config import EMBEDDERS, CollectionSchema, ConfigError, Settings
 from brainy.core.errors import BrainyError
 from brainy.storage.base import RetryPolicy
 
@@ -46,6 +46,13 @@ MINILM_EXTRA = "minilm"
 # The API's limit on inputs per request.
 OPENAI_MAX_INPUTS = 2048
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
+# OpenAI's own models: (their full dimension, whether `dimensions` may shorten it).
+# Other names (a local server's models) are not checked before their first answer.
+OPENAI_MODELS = {
+    "text-embedding-3-small": (1536, True),
+    "text-embedding-3-large": (3072, True),
+    "text-embedding-ada-002": (1536, False),
+}
 
 
 class EmptyText(ValueError):
@@ -241,14 +248,10 @@ class OpenAIEmbedder:
         return out
 
     def _request(self, texts: list[str]) -> np.ndarray:
-        body = json.dumps(
-            {
-                "model": self.model,
-                "input": texts,
-                "dimensions": self.dimension,
-                "encoding_format": "float",
-            }
-        ).encode()
+        request_body = {"model": self.model, "input": texts, "encoding_format": "float"}
+        if OPENAI_MODELS.get(self.model, (0, True))[1]:
+            request_body["dimensions"] = self.dimension
+        body = json.dumps(request_body).encode()
         headers = {"Content-Type": "application/json"}
         key = self.api_key if self.api_key is not None else os.environ.get(OPENAI_KEY_ENV)
         if key:
@@ -358,9 +361,7 @@ def get_embedder(name: str, dimension: int, settings: Settings | None = None) ->
             batch_size=settings.openai_batch_size,
         )
     else:  # the schema's validation names the known ones; this is for direct callers
-        raise ConfigError(
-            f"embedder: unknown embedder {name!r} (known: ['hash', 'minilm', 'openai'])"
-        )
+        raise ConfigError(f"embedder: unknown embedder {name!r} (known: {list(EMBEDDERS)})")
     with _instances_lock:
         if key not in _instances:
             _instances[key] = factory()
@@ -378,11 +379,22 @@ def check_dimension(name: str, dimension: int, settings: Settings, where: str) -
             f"{where}: the minilm embedder makes {MINILM_DIMENSION}-d vectors, but the "
             f"collection's dimension is {dimension}"
         )
-    if name == "openai" and settings.openai_dimensions not in (None, dimension):
+    if name != "openai":
+        return
+    if settings.openai_dimensions not in (None, dimension):
         raise ConfigError(
             f"{where}: the openai embedder is configured for {settings.openai_dimensions}-d "
             f"vectors (openai_dimensions), but the collection's dimension is {dimension}"
         )
+    model = settings.openai_model
+    if model in OPENAI_MODELS:
+        full, shortens = OPENAI_MODELS[model]
+        if dimension > full or (dimension != full and not shortens):
+            makes = f"at most {full}-d" if shortens else f"{full}-d"
+            raise ConfigError(
+                f"{where}: the openai embedder's model {model!r} makes {makes} vectors, "
+                f"but the collection's dimension is {dimension}"
+            )
 
 
 def check_embedder(schema: CollectionSchema, settings: Settings) -> None:
