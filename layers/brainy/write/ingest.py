@@ -8,6 +8,7 @@ request finds its batch already there and gets the same answer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -189,9 +190,12 @@ def check_vectors(
 EmbedFn = Callable[[CollectionSchema, list[str]], np.ndarray]
 
 
-def embed_uncached(schema: CollectionSchema, texts: list[str]) -> np.ndarray:
-    """Texts through the collection's embedder, with the default settings."""
-    return get_embedder(schema.embedder, schema.dimension).embed(texts)
+def embed_uncached(
+    schema: CollectionSchema, texts: list[str], settings: Settings | None = None
+) -> np.ndarray:
+    """Texts through the collection's embedder, configured by `settings` (default:
+    the built-in defaults), with no cache."""
+    return get_embedder(schema.embedder, schema.dimension, settings).embed(texts)
 
 
 def embed_texts(
@@ -274,7 +278,8 @@ def validate(
 ) -> ValidRequest:
     """Check every field of a request; raises `BrainyError` naming the first bad one
     (in record order: a record's id, then its vector or text, then its metadata).
-    Texts are embedded together, by `embed` (default: `embed_uncached`)."""
+    Texts are embedded together, by `embed` (default: `embed_uncached` with
+    `settings`)."""
     unknown = sorted(set(payload) - _REQUEST_FIELDS)
     if unknown:
         raise InvalidInput(unknown[0], f"unknown field (expected {sorted(_REQUEST_FIELDS)})")
@@ -324,6 +329,8 @@ def validate(
         matrix = np.empty((len(records), schema.dimension), dtype=np.float32)
         matrix[given_at] = checked
         slots, fields, values = zip(*texts, strict=True)
+        if embed is None:
+            embed = functools.partial(embed_uncached, settings=settings)
         matrix[list(slots)] = embed_texts(schema, values, fields, embed)
     else:
         matrix = checked
