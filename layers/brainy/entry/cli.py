@@ -24,6 +24,7 @@ import numpy as np
 from brainy.core import logs
 from brainy.core.config import (
     AUTO,
+    EMBEDDERS,
     METRICS,
     STRATEGIES,
     CollectionSchema,
@@ -32,7 +33,7 @@ from brainy.core.config import (
 )
 from brainy.core.errors import BrainyError
 from brainy.entry.bluesky import bluesky_command
-from brainy.entry.demo import DEMO_STORE, reset_store, run_demo
+from brainy.entry.demo import DEMO_SCHEMAS, DEMO_STORE, reset_store, run_demo
 from brainy.entry.dev import dev_command
 from brainy.entry.github import github_command
 from brainy.entry.progress import terminal_bars, terminal_progress
@@ -141,6 +142,12 @@ def _demo_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--limit", type=_positive, help="ingest at most N records")
     p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE)
+    p.add_argument(
+        "--embedder",
+        choices=sorted(DEMO_SCHEMAS),
+        default="hash",
+        help="hash (default) or minilm: by meaning, needs the minilm extra",
+    )
 
 
 def _collection_parser(sub: Subparsers) -> None:
@@ -169,7 +176,13 @@ def _collection_parser(sub: Subparsers) -> None:
         "--nprobe", type=_positive, help="partitions a semantic search probes (default: auto)"
     )
     create.add_argument("--seed", type=int, default=0)
-    create.add_argument("--embedder", default="hash", help="text embedder (default: hash)")
+    create.add_argument(
+        "--embedder",
+        choices=EMBEDDERS,
+        default="hash",
+        help="text embedder (default: hash; minilm makes 384-d vectors and needs the minilm "
+        "extra; openai asks openai_base_url for --dimension numbers)",
+    )
     listing = add_command(actions, "list", "the declared collections", _run_collection_list)
     listing.add_argument("--json", action="store_true", help="print JSON")
 
@@ -743,7 +756,13 @@ def _run_demo(args: argparse.Namespace, session: Session) -> int:
         store.close()
     try:
         _out(f"Brainy demo: embedded, on {url}")
-        run_demo(demo.app, sys.stdout, limit=args.limit, batch_size=args.batch_size)
+        run_demo(
+            demo.app,
+            sys.stdout,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            embedder=args.embedder,
+        )
     finally:
         demo.close()
     return 0

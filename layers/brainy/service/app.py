@@ -52,6 +52,8 @@ from brainy.write.broadcast import (
     open_sink,
     parse_delivery,
 )
+from brainy.write.embedders import check_embedder
+from brainy.write.embedding_cache import EmbeddingCache
 from brainy.write.events import ObjectCreated
 from brainy.write.indexer import Indexer, IndexResult
 from brainy.write.ingest import (
@@ -92,6 +94,8 @@ class Brainy:
     """An instance of one role, bound to one store."""
 
     def __init__(self, settings: Settings, store: ObjectStore) -> None:
+        for schema in settings.collections.values():
+            check_embedder(schema, settings)
         self.settings = settings
         self.store = store
         # Explicit instance ids may be shared by every copy of a function: the
@@ -119,7 +123,11 @@ class Brainy:
             self._cache_hit_ratio,
             self.clock_check.last_measured if self.clock_check else None,
             lambda: self._searcher.recall.recall if self._searcher else float("nan"),
+            lambda: self.embeddings.hit_ratio,
             role=settings.role,
+        )
+        self.embeddings = EmbeddingCache.for_instance(
+            settings, store, self.metrics.embeddings_computed.inc
         )
         store.add_observer(self.metrics.count_request)
         self.broadcaster = self._broadcaster()
@@ -188,6 +196,7 @@ class Brainy:
     def create_collection(self, schema: CollectionSchema) -> bool:
         if self.settings.read_only:
             raise Forbidden("mode", "a read-only instance cannot create collections")
+        check_embedder(schema, self.settings)
         stored = self.manifests(schema.name).latest()
         created = create_collection(
             self.store, schema, stored=stored.schema if stored is not None else None
@@ -290,7 +299,7 @@ class Brainy:
         replace the instance's clock as the records' last-writer-wins order."""
         started = self._start_ingest()
         key = check_idempotency_key(idempotency_key)
-        request = validate(payload, self.settings, self.schema)
+        request = validate(payload, self.settings, self.schema, self.embeddings.embed)
         logs.bind(collection=request.schema.name)
         return self._write(request, key, started, timestamps)
 
@@ -425,7 +434,13 @@ class Brainy:
         if has_vector:
             vector = check_vector(payload["vector"], "vector", schema)
         else:
-            vector = embed_text(schema, payload["text"], "text")
+            # A query is one short text: a bucket lookup would only add latency.
+            vector = embed_text(
+                schema,
+                payload["text"],
+                "text",
+                lambda s, texts: self.embeddings.embed(s, texts, shared=False),
+            )
         filters = payload.get("filter") or {}
         if not isinstance(filters, Mapping):
             raise InvalidInput("filter", "expected an object of field: value")
@@ -668,6 +683,7 @@ class Brainy:
     def close(self) -> None:
         if self.broadcaster is not None:
             self.broadcaster.close()
+        self.embeddings.close()
         if self._searcher is not None:
             self._searcher.close()
         self.store.close()

@@ -20,6 +20,7 @@ class Metrics:
         cache_hit_ratio: Callable[[], float] | None = None,
         clock_skew: Callable[[], float] | None = None,
         search_recall: Callable[[], float] | None = None,
+        embedding_cache_hit_ratio: Callable[[], float] | None = None,
         role: str = "",
     ) -> None:
         self.registry = CollectorRegistry()
@@ -95,6 +96,19 @@ class Metrics:
 
     def count_event(self, sink: str, outcome: str) -> None:
         self.events_published.labels(sink=sink, outcome=outcome).inc()
+
+        self.embedding_cache_hit_ratio = Gauge(
+            "brainy_embedding_cache_hit_ratio",
+            "Texts whose embedding came from the embedding cache (in-process or the"
+            " bucket's) / texts looked up",
+            registry=self.registry,
+        )
+        self.embedding_cache_hit_ratio.set_function(embedding_cache_hit_ratio or (lambda: 0.0))
+        self.embeddings_computed = Counter(
+            "brainy_embeddings_computed",
+            "Texts sent to a cached embedder (minilm, openai): the embedding cache's misses",
+            registry=self.registry,
+        )
 
     def count_request(self, kind: str) -> None:
         self.store_requests.labels(kind=kind, role=self.role).inc()

@@ -8,6 +8,7 @@ request finds its batch already there and gets the same answer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -184,16 +185,48 @@ def check_vectors(
     return check_matrix(matrix, field, schema)
 
 
-def embed_text(schema: CollectionSchema, text: Any, field: str) -> np.ndarray:
-    """A text through the collection's embedder; `field` names it in errors."""
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidInput(field, "expected a non-empty string")
-    if len(text) > MAX_TEXT_LENGTH:
-        raise InvalidInput(field, f"longer than {MAX_TEXT_LENGTH} characters")
+# Embeds a collection's texts (one float32 row each): `EmbeddingCache.embed` on an
+# instance, `embed_uncached` where there is none.
+EmbedFn = Callable[[CollectionSchema, list[str]], np.ndarray]
+
+
+def embed_uncached(
+    schema: CollectionSchema, texts: list[str], settings: Settings | None = None
+) -> np.ndarray:
+    """Texts through the collection's embedder, configured by `settings` (default:
+    the built-in defaults), with no cache."""
+    return get_embedder(schema.embedder, schema.dimension, settings).embed(texts)
+
+
+def embed_texts(
+    schema: CollectionSchema,
+    texts: Sequence[Any],
+    fields: Sequence[str],
+    embed: EmbedFn | None = None,
+) -> np.ndarray:
+    """Texts through the collection's embedder in one call (a model embeds a batch
+    far faster than its texts one by one); `fields[i]` names `texts[i]` in errors.
+
+    Raises:
+        InvalidInput: a text that is not a non-empty string, too long, or (hash
+            embedder) without a word.
+    """
+    for text, field in zip(texts, fields, strict=True):
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput(field, "expected a non-empty string")
+        if len(text) > MAX_TEXT_LENGTH:
+            raise InvalidInput(field, f"longer than {MAX_TEXT_LENGTH} characters")
     try:
-        return get_embedder(schema.embedder, schema.dimension).embed([text])[0]
+        return (embed or embed_uncached)(schema, list(texts))
     except EmptyText as e:
-        raise InvalidInput(field, str(e)) from None
+        raise InvalidInput(fields[e.index], str(e)) from None
+
+
+def embed_text(
+    schema: CollectionSchema, text: Any, field: str, embed: EmbedFn | None = None
+) -> np.ndarray:
+    """A text through the collection's embedder; `field` names it in errors."""
+    return embed_texts(schema, [text], [field], embed)[0]
 
 
 @dataclass
@@ -241,9 +274,12 @@ def validate(
     payload: Mapping[str, Any],
     settings: Settings,
     schema_of: Callable[[str], CollectionSchema | None],
+    embed: EmbedFn | None = None,
 ) -> ValidRequest:
     """Check every field of a request; raises `BrainyError` naming the first bad one
-    (in record order: a record's id, then its vector or text, then its metadata)."""
+    (in record order: a record's id, then its vector or text, then its metadata).
+    Texts are embedded together, by `embed` (default: `embed_uncached` with
+    `settings`)."""
     unknown = sorted(set(payload) - _REQUEST_FIELDS)
     if unknown:
         raise InvalidInput(unknown[0], f"unknown field (expected {sorted(_REQUEST_FIELDS)})")
@@ -292,8 +328,10 @@ def validate(
     if texts:
         matrix = np.empty((len(records), schema.dimension), dtype=np.float32)
         matrix[given_at] = checked
-        for slot, field, text in texts:
-            matrix[slot] = embed_text(schema, text, field)
+        slots, fields, values = zip(*texts, strict=True)
+        if embed is None:
+            embed = functools.partial(embed_uncached, settings=settings)
+        matrix[list(slots)] = embed_texts(schema, values, fields, embed)
     else:
         matrix = checked
     ops = [UPSERT] * len(records) + [DELETE] * len(deletes)
