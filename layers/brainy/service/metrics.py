@@ -94,9 +94,6 @@ class Metrics:
             registry=self.registry,
         )
 
-    def count_event(self, sink: str, outcome: str) -> None:
-        self.events_published.labels(sink=sink, outcome=outcome).inc()
-
         self.embedding_cache_hit_ratio = Gauge(
             "brainy_embedding_cache_hit_ratio",
             "Texts whose embedding came from the embedding cache (in-process or the"
@@ -109,6 +106,9 @@ class Metrics:
             "Texts sent to a cached embedder (minilm, openai): the embedding cache's misses",
             registry=self.registry,
         )
+
+    def count_event(self, sink: str, outcome: str) -> None:
+        self.events_published.labels(sink=sink, outcome=outcome).inc()
 
     def count_request(self, kind: str) -> None:
         self.store_requests.labels(kind=kind, role=self.role).inc()
