@@ -17,6 +17,7 @@ from brainy.maintenance.compaction import lineage_key
 from brainy.maintenance.leases import LOCKS_PREFIX
 from brainy.service.app import PROBES_PREFIX
 from brainy.table.manifest import Manifests
+from brainy.write.embedding_cache import PREFIX as EMBEDDINGS_PREFIX
 from brainy.write.quarantine import quarantine_key
 
 BATCH = batch_key("docs", "writer-1", "b1")
@@ -37,6 +38,7 @@ KEYS = {
     "centroids": centroids_key("docs"),
     "lineage": lineage_key("docs", "s1"),
     "quarantine": quarantine_key(BATCH),
+    "embeddings": f"{EMBEDDINGS_PREFIX}minilm/384/batches/0123abcd",
 }
 
 
@@ -59,6 +61,10 @@ def test_ingest_writes_batches_and_reads_no_index() -> None:
         assert not allowed("ingest", "write", KEYS[kind]), kind
     for kind in ("manifests", "segments", "deletes", "centroids", "wal"):
         assert not allowed("ingest", "read", KEYS[kind]), kind
+    # The embedding cache (cache_embeddings): a retried batch's texts read back, new
+    # ones written once (put-if-absent), never deleted.
+    assert allowed("ingest", "read", KEYS["embeddings"])
+    assert allowed("ingest", "write", KEYS["embeddings"])
     # Only its start-up probes (conditional-write check, clock skew) are deleted.
     assert ROLES["ingest"]["delete"] == ["probes"]
 
