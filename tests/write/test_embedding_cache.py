@@ -5,12 +5,12 @@ hit ratio shows in /metrics. A cache that fails only costs an embedding again.""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from brainy.core.config import CollectionSchema
 from brainy.format.batch import Batch
@@ -51,10 +51,14 @@ def _vectors(app: Brainy, key: str) -> np.ndarray:
     return Batch.decode(app.store.get(key).data, key).vectors
 
 
-def _metric(app: Brainy, name: str, labels: str = "") -> float:
-    text = app.metrics.render().decode()
-    match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+def _metric(app: Brainy, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(app.metrics.render().decode())
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 @pytest.mark.parametrize("kind", ["file", "s3"])
@@ -69,16 +73,16 @@ def test_a_retried_batch_costs_one_get_and_no_embedding(
     assert [o.key.removeprefix(MODEL_PREFIX)[:8] for o in first.store.list(PREFIX)] == ["batches/"]
 
     retry = _instance(url, tmp_path, fake)  # another instance, nothing in memory
-    gets = _metric(retry, "brainy_object_store_requests_total", '{kind="get"}')
+    gets = _metric(retry, "brainy_object_store_requests_total", kind="get")
     again = retry.ingest(_payload(texts))
     assert len(fake.inputs) == 300  # nothing paid for twice
-    assert _metric(retry, "brainy_object_store_requests_total", '{kind="get"}') - gets == 1
+    assert _metric(retry, "brainy_object_store_requests_total", kind="get") - gets == 1
     np.testing.assert_array_equal(_vectors(retry, again.batch), _vectors(first, written.batch))
     assert _metric(retry, "brainy_embedding_cache_hit_ratio") == 1.0
     # What the bucket gave is remembered: the next retry sends no request at all.
-    gets = _metric(retry, "brainy_object_store_requests_total", '{kind="get"}')
+    gets = _metric(retry, "brainy_object_store_requests_total", kind="get")
     retry.ingest(_payload(texts))
-    assert _metric(retry, "brainy_object_store_requests_total", '{kind="get"}') == gets
+    assert _metric(retry, "brainy_object_store_requests_total", kind="get") == gets
     assert _metric(first, "brainy_embedding_cache_hit_ratio") == 0.0
     assert _metric(first, "brainy_embeddings_computed_total") == 300
     first.close()
