@@ -57,7 +57,7 @@ def _queued(c: Coalescer, key: tuple, n: int) -> bool:
 
 
 def test_queries_arriving_during_a_search_are_answered_together_after_it():
-    c, rec, key = Coalescer(), Recorder(), ("docs", 10, 0.95)
+    c, rec, key = Coalescer(running=1), Recorder(), ("docs", 10, 0.95)
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(c.search, key, np.array([0.0]), rec.alone, rec.together)
         assert rec.started.wait(10)
@@ -71,11 +71,11 @@ def test_queries_arriving_during_a_search_are_answered_together_after_it():
     assert rec.calls[0] == ("alone", [0])
     assert [(kind, sorted(ids)) for kind, ids in rec.calls[1:]] == [("together", [1, 2, 3, 4, 5])]
     assert (c.batches, c.batched) == (1, 5)
-    assert not c._queues  # nothing left behind: the next query runs alone again
+    assert not c._queues and not c._runs  # the next query runs alone again
 
 
 def test_other_keys_never_wait_and_a_batch_is_bounded():
-    c, rec = Coalescer(max_batch=2), Recorder()
+    c, rec = Coalescer(max_batch=2, running=1), Recorder()
     key, other = ("docs", 10, 0.95), ("docs", 5, 0.95)
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(c.search, key, np.array([0.0]), rec.alone, rec.together)
@@ -94,7 +94,7 @@ def test_other_keys_never_wait_and_a_batch_is_bounded():
 
 
 def test_a_failed_batch_fails_its_own_queries_only():
-    c, rec, key = Coalescer(max_batch=2), Recorder(fail={2}), ("docs", 10, 0.95)
+    c, rec, key = Coalescer(max_batch=2, running=1), Recorder(fail={2}), ("docs", 10, 0.95)
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(c.search, key, np.array([0.0]), rec.alone, rec.together)
         assert rec.started.wait(10)
@@ -108,7 +108,7 @@ def test_a_failed_batch_fails_its_own_queries_only():
             with pytest.raises(RuntimeError, match="segment unreadable"):
                 futures[i].result(10)
         assert [int(futures[i].result(10).hits[0].id) for i in (3, 4)] == [3, 4]
-    assert not c._queues
+    assert not c._queues and not c._runs
 
 
 def test_concurrent_searches_through_the_app_get_the_answers_they_get_alone(tmp_path: Path):
@@ -137,10 +137,12 @@ def test_concurrent_searches_through_the_app_get_the_answers_they_get_alone(tmp_
         return plain(*args, **kw)
 
     searcher.search = held_first  # type: ignore[method-assign]
+    searcher.coalescer.running = 1  # one core's worth: the rest queue behind it
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(ask, queries[0])
         assert held.wait(10)
         rest = [pool.submit(ask, q) for q in queries[1:]]
+        _until(lambda: searcher.coalescer._queues, "a query waiting")
         key = next(iter(searcher.coalescer._queues))
         _until(lambda: _queued(searcher.coalescer, key, 7), "the other threads waiting")
         release.set()
@@ -148,3 +150,18 @@ def test_concurrent_searches_through_the_app_get_the_answers_they_get_alone(tmp_
     assert together == alone
     assert searcher.coalescer.batches >= 1 and searcher.coalescer.batched >= 7
     reader.close()
+
+
+def test_as_many_searches_as_cores_run_at_once_before_any_waits():
+    c, key = Coalescer(running=2), ("docs", 10, 0.95)
+    first, second = Recorder(), Recorder()
+    with ThreadPoolExecutor(8) as pool:
+        a = pool.submit(c.search, key, np.array([1.0]), first.alone, first.together)
+        b = pool.submit(c.search, key, np.array([2.0]), second.alone, second.together)
+        assert first.started.wait(10) and second.started.wait(10)  # both running alone
+        third = pool.submit(c.search, key, np.array([3.0]), first.alone, first.together)
+        _until(lambda: _queued(c, key, 1), "the third waiting")
+        first.release.set()
+        second.release.set()
+        assert [f.result(10).hits[0].id for f in (a, b, third)] == ["1", "2", "3"]
+    assert not c._queues and not c._runs

@@ -1,18 +1,20 @@
-"""Concurrent searches share work: the queries that arrive while a search of the
-same collection (same `k` and recall target, no filter) is running wait for it,
-then run together as one `Searcher.search_batch` — one matrix product per
-segment scanned exactly instead of one per query, each segment and mask looked
-up once for the lot — and each gets the answer `Searcher.search` would give it.
+"""Concurrent searches share work: once as many searches of one collection (same
+`k` and recall target, no filter) run as there are cores, the queries that
+arrive wait, then run together as one `Searcher.search_batch` — one matrix
+product per segment scanned exactly instead of one per query, each segment and
+mask looked up once for the lot — and each gets the answer `Searcher.search`
+would give it.
 
-A search that finds nothing running runs at once, alone, through
-`Searcher.search`: an instance answering one query at a time pays nothing.
-Under load, the batch forming behind a running one is what the load would have
-queued on the cores anyway. The first waiter of a batch leads it (runs it on its
-own thread, as it would have run its own query), so no thread is added.
+A search that finds a core's worth of room runs at once, alone, through
+`Searcher.search`: an instance below saturation pays nothing. Beyond it, the
+batch forming behind the running ones is what the load would have queued on the
+cores anyway. The first waiter of a batch leads it (runs it on its own thread,
+as it would have run its own query), so no thread is added.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,10 +53,12 @@ class Coalescer:
             each (`Searcher.search_batch`).
     """
 
-    def __init__(self, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, max_batch: int = MAX_BATCH, running: int | None = None) -> None:
         self.max_batch = max_batch
+        self.running = running or len(os.sched_getaffinity(0))
         self._lock = threading.Lock()
         self._queues: dict[Key, list[_Waiter]] = {}
+        self._runs: dict[Key, int] = {}  # searches or batches of a key running now
         self.batches = 0  # searches answered together, in batches of two or more
         self.batched = 0  # queries answered in those batches
 
@@ -67,12 +71,11 @@ class Coalescer:
     ) -> SearchResult:
         me = _Waiter(query)
         with self._lock:
-            queue = self._queues.get(key)
-            if queue is None:
-                self._queues[key] = []
+            if self._runs.get(key, 0) < self.running:
+                self._runs[key] = self._runs.get(key, 0) + 1
                 batch: list[_Waiter] | None = [me]
             else:
-                queue.append(me)
+                self._queues.setdefault(key, []).append(me)
                 batch = None
         if batch is None:
             me.ready.wait()
@@ -103,14 +106,18 @@ class Coalescer:
                 waiter.error = e
         finally:
             with self._lock:
-                queue = self._queues[key]
-                if queue:
+                queue = self._queues.get(key)
+                if queue:  # the run passes to the next batch
                     following = queue[: self.max_batch]
                     del queue[: self.max_batch]
                     following[0].batch = following
+                    if not queue:
+                        del self._queues[key]
                 else:
-                    del self._queues[key]
                     following = []
+                    self._runs[key] -= 1
+                    if not self._runs[key]:
+                        del self._runs[key]
             for waiter in batch[1:]:
                 waiter.ready.set()
             if following:
