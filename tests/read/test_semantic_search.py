@@ -16,7 +16,7 @@ from brainy.core.config import CollectionSchema
 from brainy.format.centroids import Centroids, read_centroids
 from brainy.format.partitioning import auto_partitions
 from brainy.maintenance.compaction import compact
-from brainy.read.search import REDUCED_MIN_ROWS, probes, scans_reduced
+from brainy.read.search import REDUCED_MIN_ROWS, _target, probes, scans_reduced
 from brainy.service.app import Brainy
 from brainy.storage import open_store
 from brainy.table.manifest import Manifests, SegmentRef
@@ -270,6 +270,11 @@ def test_probes_carry_the_target_by_the_share_of_rows_searched_approximately():
     # probes reach 0.95 / (1 - 1/11 x 0.025) = 0.952 → the 0.97 level.
     mixed = refs(*[500] * 99, 5000)
     assert probes(schema, centroids, mixed, 0.95) == (30, pytest.approx(0.95**0.5))
+    # That square root is for the large partition only: the others are scanned at
+    # the target itself (a reduced scan re-ranks no more candidates than it needs).
+    large_target = probes(schema, centroids, mixed, 0.95)[1]
+    assert _target(mixed[0], schema, 0.95, large_target) == 0.95
+    assert _target(mixed[-1], schema, 0.95, large_target) == pytest.approx(0.95**0.5)
     # A level-0 segment never counts: every query searches it anyway.
     assert probes(schema, centroids, [*small, replace(large[0], level=0)], 0.95)[0] == 20
     # An explicit nprobe, and a target of 1.0, as before.

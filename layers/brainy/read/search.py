@@ -96,7 +96,8 @@ def probes(
     recall_target: float,
 ) -> tuple[int, float]:
     """How a semantic collection is searched at `recall_target`: (partitions to
-    probe, the recall target each probed segment is searched at).
+    probe, the recall target a probed segment past `exact_threshold` is searched
+    at; the others are searched at `recall_target` itself).
 
     The two stages multiply: a true neighbour is found if its partition is probed
     and the segment's search finds it. Partitions small enough to be scanned
@@ -135,6 +136,13 @@ def scans_reduced(loaded: LoadedSegment, schema: CollectionSchema, recall_target
     n = loaded.count
     exact = plan(loaded.header.calibration, recall_target)[0] or n <= schema.exact_threshold
     return exact and _worth_reducing(n, 10, recall_target)
+
+
+def _target(
+    ref: SegmentRef, schema: CollectionSchema, recall_target: float, large: float | None
+) -> float:
+    """The target `ref` is searched at (see `probes`)."""
+    return large if large is not None and ref.count > schema.exact_threshold else recall_target
 
 
 def search_segment(
@@ -503,19 +511,23 @@ class Searcher:
         refs = [ref for ref in manifest.segments if ref.live > 0]
         query = np.asarray(query, dtype=np.float32)
         rest: list[SegmentRef] = []
-        basis = None
+        basis, large_target = None, recall_target
         if manifest.centroids is not None:
             centroids = self.centroids(manifest.centroids)
             basis = centroids.basis
-            nprobe, recall_target = probes(schema, centroids, refs, recall_target)
+            nprobe, large_target = probes(schema, centroids, refs, recall_target)
             probed = set(probed_partitions(centroids.matrix, query, schema.metric, nprobe).tolist())
             chosen: list[SegmentRef] = []
             for ref in refs:
                 (chosen if ref.level == 0 or ref.partition in probed else rest).append(ref)
             refs = chosen
-        found = self._search_segments(refs, schema, query, k, filters, recall_target, basis)
+        found = self._search_segments(
+            refs, schema, query, k, filters, recall_target, basis, large_target
+        )
         if len(found) < k and rest:
-            found += self._search_segments(rest, schema, query, k, filters, recall_target, basis)
+            found += self._search_segments(
+                rest, schema, query, k, filters, recall_target, basis, large_target
+            )
         elif self._background is not None and any(not self.cache.cached(r) for r in rest):
             # The next query may probe other partitions: fetch them now, behind
             # this answer, rather than in front of that one.
@@ -570,14 +582,14 @@ class Searcher:
         schema.check_compatible(manifest.schema)
         refs = [ref for ref in manifest.segments if ref.live > 0]
         everyone = np.arange(m)
-        basis = None
+        basis, large_target = None, recall_target
         # Which queries search which segment: all of them, unless partitions prune.
         wanted: list[tuple[SegmentRef, np.ndarray]] = [(ref, everyone) for ref in refs]
         rest: list[list[SegmentRef]] = [[] for _ in range(m)]
         if manifest.centroids is not None and m:
             centroids = self.centroids(manifest.centroids)
             basis = centroids.basis
-            nprobe, recall_target = probes(schema, centroids, refs, recall_target)
+            nprobe, large_target = probes(schema, centroids, refs, recall_target)
             scored = centroid_scores(queries, centroids.matrix, schema.metric)
             nprobe = min(nprobe, scored.shape[1])
             probed = np.zeros(scored.shape, dtype=bool)
@@ -594,14 +606,14 @@ class Searcher:
                 for q in np.flatnonzero(~probed[:, ref.partition]).tolist():
                     rest[q].append(ref)
         found = self._search_batch_segments(
-            wanted, m, schema, queries, k, filters, recall_target, basis
+            wanted, m, schema, queries, k, filters, recall_target, basis, large_target
         )
         results = []
         for q in range(m):
             if len(found[q]) < k and rest[q]:
                 # As `search`: a probe short of `k` hits searches the other partitions.
                 found[q] += self._search_segments(
-                    rest[q], schema, queries[q], k, filters, recall_target, basis
+                    rest[q], schema, queries[q], k, filters, recall_target, basis, large_target
                 )
             best = best_of(found[q], k)
             results.append(
@@ -620,9 +632,11 @@ class Searcher:
         filters: Mapping[str, Any] | None,
         recall_target: float,
         basis: np.ndarray | None,
+        large_target: float | None = None,
     ) -> list[list[Scored]]:
         """The best `k` of each segment for each query that searches it, segments
-        dealt to the query threads as `_search_segments` deals them."""
+        dealt to the query threads as `_search_segments` deals them (and searched
+        at the target it gives them)."""
         segments = self.cache.get_many([ref for ref, _ in wanted])
         work = [(seg, ref, who) for seg, (ref, who) in zip(segments, wanted, strict=True)]
         tasks = max(1, min(self._threads, len(work)))
@@ -631,8 +645,9 @@ class Searcher:
             found: list[list[Scored]] = [[] for _ in range(m)]
             for seg, ref, who in share:
                 blocked = self.masks.blocked(ref)
+                target = _target(ref, schema, recall_target, large_target)
                 hits = search_segment_batch(
-                    seg, blocked, schema, queries[who], k, filters, recall_target, basis
+                    seg, blocked, schema, queries[who], k, filters, target, basis
                 )
                 for q, scored in zip(who.tolist(), hits, strict=True):
                     found[q] += scored
@@ -702,16 +717,13 @@ class Searcher:
         centroids = self.centroids(manifest.centroids) if manifest.centroids else None
         basis = centroids.basis if centroids is not None else None
         schema = CollectionSchema.from_dict(collection, manifest.schema)
-        level = (
-            probes(schema, centroids, refs, DEFAULT_RECALL_TARGET)[1]
-            if centroids is not None
-            else DEFAULT_RECALL_TARGET
-        )
+        large = probes(schema, centroids, refs, DEFAULT_RECALL_TARGET)[1] if centroids else None
         for ref in refs:
             if ref.id not in skipped:
                 self.masks.blocked(ref)
                 seg = self.cache.get_many([ref])[0] if basis is not None else None
-                if seg is not None and scans_reduced(seg.loaded, schema, level):
+                target = _target(ref, schema, DEFAULT_RECALL_TARGET, large)
+                if seg is not None and scans_reduced(seg.loaded, schema, target):
                     # Warmed for queries: the projection too (see CachedSegment.reduced).
                     seg.reduced(basis)
         return WarmReport(
@@ -734,8 +746,11 @@ class Searcher:
         filters: Mapping[str, Any] | None,
         recall_target: float,
         basis: np.ndarray | None = None,
+        large_target: float | None = None,
     ) -> list[Scored]:
-        """The best `k` of each segment, in parallel, downloading those not cached.
+        """The best `k` of each segment, in parallel, downloading those not cached;
+        a segment past `exact_threshold` at `large_target` (see `probes`), the
+        others at `recall_target`.
 
         The segments are dealt to at most `query_threads` tasks, each searching its
         share one after another and keeping its best `k`: a semantic search probes
@@ -750,9 +765,8 @@ class Searcher:
             found: list[Scored] = []
             for seg, ref in share:
                 blocked = self.masks.blocked(ref)
-                found += search_segment(
-                    seg, blocked, schema, query, k, filters, recall_target, basis
-                )
+                target = _target(ref, schema, recall_target, large_target)
+                found += search_segment(seg, blocked, schema, query, k, filters, target, basis)
             return best_of(found, k)
 
         if tasks == 1:
