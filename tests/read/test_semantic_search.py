@@ -181,7 +181,7 @@ def test_auto_partitions_and_calibrated_probes_on_a_generated_set(tmp_path: Path
     assert compact(writer.maintenance, "docs", force=True).status == "compacted"
     manifest = Manifests(open_store(url), "docs").latest()
     centroids = read_centroids(open_store(url), manifest.centroids)
-    assert len(centroids) == auto_partitions(len(vectors)) == 35
+    assert len(centroids) == auto_partitions(len(vectors)) == 10
     probes = {t: centroids.probes_for(t) for t in (0.9, 0.95)}
     assert probes[0.9] < probes[0.95] < len(centroids)
     for target in (0.9, 0.95):
