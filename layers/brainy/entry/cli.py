@@ -33,6 +33,14 @@ from brainy.core.config import (
 )
 from brainy.core.errors import BrainyError
 from brainy.entry.bluesky import bluesky_command
+from brainy.entry.commands import (
+    DEFAULT_STORE,
+    Subparsers,
+    add_command,
+    positive_int,
+    store_option,
+)
+from brainy.entry.config_cli import config_command
 from brainy.entry.demo import DEMO_SCHEMAS, DEMO_STORE, reset_store, run_demo
 from brainy.entry.dev import dev_command
 from brainy.entry.github import github_command
@@ -43,11 +51,6 @@ from brainy.service.app import Brainy
 from brainy.storage import ObjectStore, ReadOnlyStore, StorageError, open_store
 from brainy.table.manifest import CommitFailed
 from brainy.write.ingest import IngestOutcome, validate, validate_vectors
-
-DEFAULT_STORE = "file://./.brainy/data"
-
-Subparsers = Any  # argparse's _SubParsersAction is private
-Handler = Callable[[argparse.Namespace, "Session"], int]
 
 
 class CliError(Exception):
@@ -113,24 +116,6 @@ def _dump(value: Any) -> None:
 
 # ---------------------------------------------------------------- parser table
 
-_STORE_HELP = f"storage URL (default: $BRAINY_STORE, else {DEFAULT_STORE})"
-
-
-def _store_option(parser: argparse.ArgumentParser, default: Any) -> None:
-    parser.add_argument("--store", metavar="URL", default=default, help=_STORE_HELP)
-
-
-def add_command(
-    sub: Subparsers, name: str, help: str, run: Handler | None = None
-) -> argparse.ArgumentParser:
-    """Add a subcommand whose handler is `run` (None for a group of subcommands);
-    `--store` is accepted after the subcommand too."""
-    parser = sub.add_parser(name, help=help, description=help)
-    _store_option(parser, argparse.SUPPRESS)
-    if run is not None:
-        parser.set_defaults(run=run)
-    return parser
-
 
 def _demo_parser(sub: Subparsers) -> None:
     p = add_command(
@@ -140,8 +125,8 @@ def _demo_parser(sub: Subparsers) -> None:
         f"(store {DEMO_STORE} unless --store; wiped first)",
         _run_demo,
     )
-    p.add_argument("--limit", type=_positive, help="ingest at most N records")
-    p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--limit", type=positive_int, help="ingest at most N records")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE)
     p.add_argument(
         "--embedder",
         choices=sorted(DEMO_SCHEMAS),
@@ -157,7 +142,7 @@ def _collection_parser(sub: Subparsers) -> None:
         actions, "create", "declare a collection in _brainy/config.json", _run_collection_create
     )
     create.add_argument("name")
-    create.add_argument("--dimension", type=_positive, required=True)
+    create.add_argument("--dimension", type=positive_int, required=True)
     create.add_argument("--metric", choices=METRICS, default="angular")
     create.add_argument(
         "--partitions",
@@ -173,7 +158,7 @@ def _collection_parser(sub: Subparsers) -> None:
         "centroid, a search probes --nprobe (default: hash)",
     )
     create.add_argument(
-        "--nprobe", type=_positive, help="partitions a semantic search probes (default: auto)"
+        "--nprobe", type=positive_int, help="partitions a semantic search probes (default: auto)"
     )
     create.add_argument("--seed", type=int, default=0)
     create.add_argument(
@@ -202,7 +187,7 @@ def _ingest_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--collection", required=True)
     p.add_argument("--ids", type=Path, help="for .npy: one id per line (default row-0, row-1, ...)")
-    p.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE)
     p.add_argument(
         "--index",
         action=argparse.BooleanOptionalAction,
@@ -288,12 +273,6 @@ def _source_parser(sub: Subparsers) -> None:
         add(inner)
 
 
-def _config_parser(sub: Subparsers) -> None:
-    from brainy.entry.config_cli import add_parser
-
-    add_parser(sub, add_command)
-
-
 # One entry per subcommand; a new subcommand adds its function here.
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _demo_parser,
@@ -309,7 +288,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     relay_command,
     dev_command,
     _source_parser,
-    _config_parser,
+    config_command,
 )
 
 
@@ -318,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brainy", description="Serverless vector search on one object-storage bucket."
     )
-    _store_option(parser, None)
+    store_option(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
@@ -326,17 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _partitions(value: str) -> int | str:
-    return AUTO if value == AUTO else _positive(value)
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
+    return AUTO if value == AUTO else positive_int(value)
 
 
 # ---------------------------------------------------------------------- main

@@ -32,6 +32,7 @@ from brainy.core.config import (
     parse_layer,
     validate_name,
 )
+from brainy.entry.commands import Subparsers, add_command
 from brainy.storage import ObjectStore
 from brainy.storage.cas import Contention, Current, compare_and_swap, read_current
 from brainy.table.manifest import Manifests
@@ -310,7 +311,7 @@ def default_of(path: Path_) -> Any:
 # ----------------------------------------------------------------- command line
 
 
-def add_parser(sub: Any, add_command: Callable[..., argparse.ArgumentParser]) -> None:
+def config_command(sub: Subparsers) -> None:
     """`brainy config get|set|diff|apply`."""
     group = add_command(sub, "config", "read or change _brainy/config.json (validated, by CAS)")
     inner = group.add_subparsers(dest="config_command", required=True, metavar="COMMAND")

@@ -34,6 +34,7 @@ from typing import Any, TextIO
 
 from brainy.core.config import CollectionSchema
 from brainy.core.errors import InvalidInput
+from brainy.entry.commands import Subparsers, add_command
 from brainy.entry.processes import (
     LOOPBACK,
     Child,
@@ -340,10 +341,8 @@ def run_dev(workdir: Path, out: TextIO) -> int:
 # ---------------------------------------------------------------- command
 
 
-def dev_command(sub: Any) -> None:
+def dev_command(sub: Subparsers) -> None:
     """`brainy dev`: the subcommand's parser, for `cli.COMMANDS`."""
-    from brainy.entry.cli import add_command
-
     p = add_command(
         sub,
         "dev",

@@ -43,6 +43,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from brainy.core.errors import InvalidInput
+from brainy.entry.commands import Subparsers, add_command
 
 log = logging.getLogger("brainy.relay")
 
@@ -305,10 +306,8 @@ def sqs_client(queue_url: str, endpoint_url: str | None, region: str | None) -> 
 # ---------------------------------------------------------------- command
 
 
-def relay_command(sub: Any) -> None:
+def relay_command(sub: Subparsers) -> None:
     """`brainy relay`: the subcommand's parser, for `cli.COMMANDS`."""
-    from brainy.entry.cli import add_command
-
     p = add_command(
         sub,
         "relay",

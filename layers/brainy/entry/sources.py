@@ -46,6 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from brainy.core.errors import InvalidInput
+from brainy.entry.commands import Subparsers, add_command, positive_int
 from brainy.entry.web import encode_json
 from brainy.service.app import Brainy
 from brainy.write.sources.cursor import Cursor, CursorState
@@ -54,18 +55,6 @@ from brainy.write.sources.writer import SourceStats, SourceWriter, WriterFailed
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8080
-
-Subparsers = Any
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
 
 
 def positive_seconds(value: str) -> float:
@@ -88,17 +77,15 @@ def add_source_command(
     flush_interval: float,
 ) -> argparse.ArgumentParser:
     """`brainy source <name>` with the options every source takes."""
-    parser = sub.add_parser(name, help=help, description=help)
-    parser.add_argument("--store", metavar="URL", default=argparse.SUPPRESS,
-                        help="storage URL (default: $BRAINY_STORE)")  # fmt: skip
+    parser = add_command(sub, name, help, run)
     parser.add_argument("--collection", required=True, help="the collection written to")
-    parser.add_argument("--batch-size", type=_positive_int, default=batch_size, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size, metavar="N",
                         help=f"records per batch at most (default {batch_size})")  # fmt: skip
     parser.add_argument("--flush-interval", type=positive_seconds, default=flush_interval,
                         metavar="SECONDS",
                         help=f"flush a batch this long after its first record "
                              f"(default {flush_interval:g})")  # fmt: skip
-    parser.set_defaults(run=run, log_level=logging.INFO)
+    parser.set_defaults(log_level=logging.INFO)
     return parser
 
 
