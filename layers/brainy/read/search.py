@@ -130,12 +130,39 @@ def probes(
     return (partitions if found is None else found), segment_target
 
 
+def _allowed(
+    seg: CachedSegment, blocked: np.ndarray | None, filters: Mapping[str, Any] | None
+) -> np.ndarray | None:
+    """The rows of `seg` matching `filters` and not `blocked` (None: no filter)."""
+    if not filters:
+        return None
+    allowed = seg.filters.matching(filters)
+    return allowed if blocked is None else allowed[~blocked[allowed]]
+
+
+def _how(
+    loaded: LoadedSegment,
+    schema: CollectionSchema,
+    recall_target: float,
+    allowed: np.ndarray | None,
+) -> tuple[bool, int | None, int]:
+    """How a segment is searched at `recall_target`: (scanned exactly, else the
+    Annoy `search_k` and the `k` it was calibrated for; see `plan`). A segment, or
+    the rows a filter allows, within `exact_threshold` is always scanned."""
+    exact, search_k, calibrated_k = plan(loaded.header.calibration, recall_target)
+    scanned = (
+        exact
+        or loaded.count <= schema.exact_threshold
+        or (allowed is not None and allowed.size <= schema.exact_threshold)
+    )
+    return scanned, search_k, calibrated_k
+
+
 def scans_reduced(loaded: LoadedSegment, schema: CollectionSchema, recall_target: float) -> bool:
     """Whether an unfiltered query at `recall_target` scans this segment in the
     collection's reduced basis (see `search_segment`): what warming prepares."""
-    n = loaded.count
-    exact = plan(loaded.header.calibration, recall_target)[0] or n <= schema.exact_threshold
-    return exact and _worth_reducing(n, 10, recall_target)
+    scanned = _how(loaded, schema, recall_target, None)[0]
+    return scanned and _worth_reducing(loaded.count, 10, recall_target)
 
 
 def _target(
@@ -163,19 +190,11 @@ def search_segment(
     re-ranked in full (see `_reduced`)."""
     loaded = seg.loaded
     n = loaded.count
-    allowed: np.ndarray | None = None
-    if filters:
-        allowed = seg.filters.matching(filters)
-        if blocked is not None:
-            allowed = allowed[~blocked[allowed]]
-        if allowed.size == 0:
-            return []
-    exact, search_k, calibrated_k = plan(loaded.header.calibration, recall_target)
-    if (
-        exact
-        or n <= schema.exact_threshold
-        or (allowed is not None and allowed.size <= schema.exact_threshold)
-    ):
+    allowed = _allowed(seg, blocked, filters)
+    if allowed is not None and allowed.size == 0:
+        return []
+    scanned, search_k, calibrated_k = _how(loaded, schema, recall_target, allowed)
+    if scanned:
         if basis is not None and allowed is None and _worth_reducing(n, k, recall_target):
             reduced = seg.reduced(basis, now=False)
             if reduced is not None:
@@ -207,19 +226,10 @@ def search_segment_batch(
     each query is searched in turn."""
     loaded = seg.loaded
     n = loaded.count
-    allowed: np.ndarray | None = None
-    if filters:
-        allowed = seg.filters.matching(filters)
-        if blocked is not None:
-            allowed = allowed[~blocked[allowed]]
-        if allowed.size == 0:
-            return [[] for _ in range(len(queries))]
-    exact = plan(loaded.header.calibration, recall_target)[0]
-    scanned = (
-        exact
-        or n <= schema.exact_threshold
-        or (allowed is not None and allowed.size <= schema.exact_threshold)
-    )
+    allowed = _allowed(seg, blocked, filters)
+    if allowed is not None and allowed.size == 0:
+        return [[] for _ in range(len(queries))]
+    scanned = _how(loaded, schema, recall_target, allowed)[0]
     reducible = basis is not None and allowed is None and _worth_reducing(n, k, recall_target)
     if not scanned or reducible:
         return [
