@@ -3,6 +3,7 @@ HTTP status a function answers it with."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -86,3 +87,27 @@ class ClockSkewed(BrainyError):
         )
         self.skew = skew
         self.limit = limit
+
+
+def parse_json(data: bytes | str, field: str = "body") -> Any:
+    """The JSON value in `data`.
+
+    Raises:
+        InvalidInput: malformed JSON, naming `field`.
+    """
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidInput(field, f"malformed JSON ({e})") from None
+
+
+def parse_json_object(data: bytes | str, field: str = "body") -> dict[str, Any]:
+    """The JSON object in `data`.
+
+    Raises:
+        InvalidInput: malformed JSON, or a value that is not an object, naming `field`.
+    """
+    value = parse_json(data, field)
+    if not isinstance(value, dict):
+        raise InvalidInput(field, "expected a JSON object")
+    return value

@@ -42,7 +42,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from brainy.core.errors import InvalidInput
+from brainy.core.errors import InvalidInput, parse_json
 from brainy.entry.commands import Subparsers, add_command
 
 log = logging.getLogger("brainy.relay")
@@ -96,10 +96,7 @@ def message_cloudevents(body: str | bytes) -> list[CloudEvent]:
     Raises:
         InvalidInput: the body is not an S3 notification (naming the field at fault).
     """
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidInput("body", f"malformed JSON ({e})") from None
+    payload = parse_json(body)
     if isinstance(payload, Mapping) and payload.get("Type") == "Notification":
         return message_cloudevents(str(payload.get("Message", "")))  # an SNS envelope
     if not isinstance(payload, Mapping):

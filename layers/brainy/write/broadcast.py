@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from brainy.core.config import ConfigError, EventSink, validate_name
-from brainy.core.errors import BrainyError, InvalidInput
+from brainy.core.errors import BrainyError, InvalidInput, parse_json_object
 from brainy.table.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -350,12 +350,7 @@ def parse_delivery(headers: Mapping[str, str], body: bytes) -> Delivery:
         _check_type(lowered["ce-type"], "ce-type")
         _check_required(lowered, "ce-", "header")
         return IndexUpdated.from_data(body, "body")
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidInput("body", f"malformed JSON ({e})") from None
-    if not isinstance(payload, Mapping):
-        raise InvalidInput("body", "expected a JSON object")
+    payload = parse_json_object(body)
     if "specversion" in payload:
         return _from_structured(payload, "body")
     if "message" in payload:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from brainy.core.errors import InvalidInput
+from brainy.core.errors import InvalidInput, parse_json
 
 GCS_FINALIZED = "google.cloud.storage.object.v1.finalized"
 S3_CREATED_PREFIX = "com.amazonaws.s3.ObjectCreated:"
@@ -147,8 +147,4 @@ def parse_request(headers: Mapping[str, str], body: bytes) -> list[ObjectCreated
                 "cloudevent", f"malformed CloudEvent ({type(e).__name__}: {e})"
             ) from None
         return from_cloudevent(event["type"], event.get("subject"), event.data)
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidInput("body", f"malformed JSON ({e})") from None
-    return from_json_body(payload)
+    return from_json_body(parse_json(body))

@@ -19,7 +19,13 @@ import numpy as np
 import xxhash
 
 from brainy.core.config import CollectionSchema, Settings
-from brainy.core.errors import IdempotencyConflict, InvalidInput, PayloadTooLarge, UnknownCollection
+from brainy.core.errors import (
+    IdempotencyConflict,
+    InvalidInput,
+    PayloadTooLarge,
+    UnknownCollection,
+    parse_json_object,
+)
 from brainy.format.batch import (
     DELETE,
     UPSERT,
@@ -54,12 +60,7 @@ def parse_body(body: bytes, content_type: str, collection_param: str | None) -> 
     collection comes from `?collection=` or each line's `collection`)."""
     is_ndjson = "ndjson" in content_type or "jsonl" in content_type
     if not is_ndjson:
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidInput("body", f"malformed JSON ({e})") from None
-        if not isinstance(payload, dict):
-            raise InvalidInput("body", "expected a JSON object")
+        payload = parse_json_object(body)
         if collection_param and "collection" not in payload:
             payload["collection"] = collection_param
         return payload
@@ -69,12 +70,7 @@ def parse_body(body: bytes, content_type: str, collection_param: str | None) -> 
     for lineno, line in enumerate(body.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            item = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidInput(f"line {lineno}", f"malformed JSON ({e})") from None
-        if not isinstance(item, dict):
-            raise InvalidInput(f"line {lineno}", "expected a JSON object")
+        item = parse_json_object(line, f"line {lineno}")
         if "collection" in item:
             name = item.pop("collection")
             if collection is not None and name != collection:
