@@ -16,8 +16,9 @@ import os
 # convention without importing it.
 TYPE_CHECKING = False
 
-# Queries already run in parallel over segments; BLAS threads on top of them only
-# fight for the same cores (this must be set before numpy is first imported).
+# Concurrent queries already fill the cores; BLAS threads on top of them only fight
+# for them (measured: two client threads on 1M rows, 2 cores, 88 QPS with one BLAS
+# thread, 40 with two). This must be set before numpy is first imported.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 

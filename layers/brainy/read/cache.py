@@ -20,21 +20,26 @@ from brainy.table.manifest import SegmentRef
 class CachedSegment:
     """A loaded segment and the filter index built over its metadata."""
 
-    def __init__(self, loaded: LoadedSegment) -> None:
+    def __init__(self, loaded: LoadedSegment, project_on_scan: bool = True) -> None:
         self.loaded = loaded
         self.filters = FilterIndex(loaded.header.metadata)
         self._reduced: tuple[np.ndarray, np.ndarray] | None = None
         self._scans = 0
+        self._project_on_scan = project_on_scan
         self._lock = threading.Lock()
 
     def reduced(self, basis: np.ndarray, *, now: bool = True) -> np.ndarray | None:
         """The rows projected on the collection's `basis` (angular rows unit length
         first, as they are scored), kept beside the segment (a quarter of its
-        vectors' bytes).
+        vectors' bytes), transposed: r x rows, a dimension a row, which a
+        query's product reads a third faster than a row a row (measured: 4,000
+        rows in 96 dimensions, 0.106 against 0.159 ms on one core).
 
-        Computed on the second scan that asks (or at once with `now`), not the
-        first: a projection costs about ten full scans of the segment, so a cold
-        query, which touches each of its segments once, scans them in full and
+        Computed at once with `now` (a warm-up), else not on a query's path: a
+        projection costs about ten full scans of the segment. A scan that finds it
+        missing scans in full and, where a background warm-up computes it (see
+        `unprojected`), leaves it to that; without one, the second scan that asks
+        computes it, so a cold query, which touches each of its segments once,
         leaves the projection to the segments that are searched again.
         """
         found = self._reduced
@@ -45,14 +50,19 @@ class CachedSegment:
             if found is not None and found[0] is basis:
                 return found[1]
             self._scans += 1
-            if not now and self._scans < 2:
+            if not now and (self._scans < 2 or not self._project_on_scan):
                 return None
             loaded = self.loaded
             rows = loaded.vectors
             if loaded.header.metric == "angular":
                 rows = rows / np.maximum(loaded.norms, 1e-30)[:, None]
-            self._reduced = (basis, np.ascontiguousarray(rows @ basis))
+            self._reduced = (basis, np.ascontiguousarray((rows @ basis).T))
             return self._reduced[1]
+
+    def unprojected(self, basis: np.ndarray) -> bool:
+        """Whether a scan asked for the projection on `basis` and found none."""
+        found = self._reduced
+        return self._scans > 0 and (found is None or found[0] is not basis)
 
 
 @dataclass
@@ -93,8 +103,21 @@ class SegmentCache:
         threads: parallel downloads.
     """
 
-    def __init__(self, store: ObjectStore, cache_dir: Path, max_bytes: int, threads: int) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        cache_dir: Path,
+        max_bytes: int,
+        threads: int,
+        project_on_scan: bool = True,
+    ) -> None:
+        """
+        Args:
+            project_on_scan: a segment's second scan computes its projection (see
+                `CachedSegment.reduced`); False leaves it to a warm-up.
+        """
         self.store = store
+        self.project_on_scan = project_on_scan
         self.cache_dir = Path(cache_dir)
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, CachedSegment] = OrderedDict()
@@ -140,6 +163,10 @@ class SegmentCache:
 
     def cached(self, ref: SegmentRef) -> bool:
         return ref.id in self._entries
+
+    def peek(self, ref: SegmentRef) -> CachedSegment | None:
+        """The cached segment `ref` names, if any, without counting a hit."""
+        return self._entries.get(ref.id)
 
     def warm(self, refs: list[SegmentRef], *, parallel: bool = True) -> Warmed:
         """Load the segments `refs` name that are not cached, in their order, as
@@ -187,7 +214,9 @@ class SegmentCache:
 
     def _load(self, ref: SegmentRef) -> CachedSegment:
         try:
-            entry = CachedSegment(load_segment(self.store, ref.key, ref.id, self.cache_dir))
+            entry = CachedSegment(
+                load_segment(self.store, ref.key, ref.id, self.cache_dir), self.project_on_scan
+            )
             with self._lock:
                 old = self._entries.pop(ref.id, None)
                 if old is not None:
