@@ -40,7 +40,13 @@ def test_online_recall_in_metrics_matches_the_recall_measured(gaussian, tmp_path
     built, vectors, queries = gaussian
     queries = queries[:60]
     truth = _truth(vectors, queries)
-    app = make_app(built.settings.store, tmp_path, "search", BRAINY_RECALL_SAMPLE="1.0")
+    app = make_app(
+        built.settings.store,
+        tmp_path,
+        "search",
+        BRAINY_RECALL_SAMPLE="1.0",
+        BRAINY_RECALL_BUDGET="1.0",  # every query re-run: no rest between them
+    )
     found = 0
     for q, want in zip(queries, truth, strict=True):
         hits = app.search({"collection": "docs", "vector": q.tolist(), "recall_target": 0.9}).hits

@@ -229,6 +229,46 @@ def test_partitions_are_scanned_in_the_reduced_basis_and_keep_recall(tmp_path: P
     assert any(seg._reduced is not None for seg in cached)
 
 
+@pytest.mark.parametrize("metric", ["angular", "euclidean"])
+def test_a_batch_pools_its_reduced_scans_as_each_query_alone_does(tmp_path: Path, metric):
+    """A query's scans in the reduced basis share one candidate pool, whether it is
+    searched alone or in a batch (`search_batch`, which concurrent requests share):
+    the same answers either way, deleted rows never among them, and recall at the
+    target though far fewer rows are re-ranked than a pool per partition would."""
+    rng = np.random.default_rng(5)
+    mixing = rng.standard_normal((128, 128)).astype(np.float32) * np.geomspace(3, 0.1, 128)
+    vectors = rng.standard_normal((12_000, 128)).astype(np.float32) @ mixing.T
+    queries = rng.standard_normal((40, 128)).astype(np.float32) @ mixing.T
+    url = f"file://{tmp_path / 'store'}"
+    writer = make_app(url, tmp_path)
+    declare(writer, dimension=128, metric=metric, partitions=4, strategy="semantic")
+    _index(writer, vectors)
+    assert compact(writer.maintenance, "docs", force=True).status == "compacted"
+    deleted = {str(i) for i in range(0, 12_000, 7)}
+    writer.index_key(writer.ingest({"collection": "docs", "deletes": sorted(deleted)}).batch)
+    reader = make_app(url, tmp_path, role="search")
+    searcher, schema = reader.searcher, reader.require_schema("docs")
+    searcher.warm("docs")  # the projections, as the background warm-up makes them
+    alone = [searcher.search(schema, q, 10) for q in queries]
+    together = searcher.search_batch(schema, queries, 10)
+    assert [[h.id for h in r.hits] for r in together] == [[h.id for h in r.hits] for r in alone]
+    assert not deleted & {h.id for r in alone for h in r.hits}
+    assert all(len(r.hits) == 10 for r in alone)
+    live = np.array([i for i in range(12_000) if str(i) not in deleted])
+    if metric == "angular":
+        unit = vectors[live] / np.linalg.norm(vectors[live], axis=1, keepdims=True)
+        truth_scores = queries @ unit.T
+    else:
+        truth_scores = -((queries[:, None, :] - vectors[live][None]) ** 2).sum(-1)
+    truth = live[np.argsort(-truth_scores, axis=1)[:, :10]]
+    found = sum(
+        len({str(i) for i in best} & {h.id for h in r.hits})
+        for best, r in zip(truth, alone, strict=True)
+    )
+    assert found / truth.size >= 0.95
+    reader.close()
+
+
 def test_warming_projects_only_the_partitions_a_query_scans():
     """Warm-up prepares the reduced projection of a partition scanned exactly at
     the default target, not of one its calibration searches through Annoy, nor of

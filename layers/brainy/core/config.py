@@ -349,6 +349,9 @@ class Settings:
     # The fraction of queries a search instance re-runs exactly in the background
     # to measure its recall (exported in /metrics); 0 measures none.
     recall_sample: float = 0.01
+    # The share of one core those exact re-runs may take: after a re-run of t
+    # seconds no query is sampled for t x (1 / recall_budget - 1); 1 never rests.
+    recall_budget: float = 0.02
     # Old manifest versions (and what they reference) stay readable this long.
     retention: float = 3600.0
     # Applied batches are kept this long (repair rebuilds segments from them).
@@ -508,6 +511,7 @@ _PARSERS = {
     "warmup": _collection_names,
     "background_warm": _flag,
     "recall_sample": _float_in(0.0, 1.0),
+    "recall_budget": _float_in(0.001, 1.0),
     "retention": parse_duration,
     "batch_retention": parse_duration,
     "gc_grace": _positive_duration,

@@ -5,7 +5,11 @@ samples (exported as `brainy_search_recall`, DESIGN §7 and §10).
 The exact re-run reads the same manifest version the answer came from, so a
 commit between the two never counts as a miss. Sampling never slows a query: a
 sampled query is handed to one daemon thread through a bounded queue, and
-dropped when the queue is full.
+dropped when the queue is full. Nor do the re-runs take the queries' cores: an
+exact pass over a large collection costs tens of queries, so after a re-run of t
+seconds the monitor samples nothing for t x (1 / budget - 1), which bounds it to
+`budget` of one core (measured on 1M rows, 2 cores, 2 client threads: 1 % of
+queries re-run without a bound cost about a tenth of the throughput).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +49,7 @@ class RecallMonitor:
         queue_size: sampled queries waiting for their re-run; more are dropped.
         on_sample: called with each measured recall (a metrics counter).
         seed: seeds the sampling, for tests.
+        budget: the share of one core the re-runs may take (1: no rest).
     """
 
     def __init__(
@@ -53,8 +59,12 @@ class RecallMonitor:
         queue_size: int = 32,
         on_sample: Callable[[float], Any] | None = None,
         seed: int | None = None,
+        budget: float = 1.0,
     ) -> None:
         self.fraction = fraction
+        self.budget = budget
+        # No query is sampled before this (time.monotonic()): the monitor rests.
+        self._resume = 0.0
         self.dropped = 0
         self._recent: deque[float] = deque(maxlen=window)
         self._queue: queue.Queue[RecallSample] = queue.Queue(queue_size)
@@ -66,7 +76,11 @@ class RecallMonitor:
 
     def wanted(self) -> bool:
         """Whether this query is sampled (cheap: called on every query)."""
-        return self.fraction > 0 and self._random.random() < self.fraction
+        return (
+            self.fraction > 0
+            and self._random.random() < self.fraction
+            and time.monotonic() >= self._resume
+        )
 
     def submit(self, sample: RecallSample) -> bool:
         """Queue a sampled query for its exact re-run; False if it was dropped."""
@@ -102,6 +116,7 @@ class RecallMonitor:
                 sample = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
+            began = time.monotonic()
             try:
                 self._measure(sample)
             except Exception:
@@ -109,6 +124,8 @@ class RecallMonitor:
                 # fetched) loses one sample; the query was answered already.
                 log.exception("recall sample failed")
             finally:
+                took = time.monotonic() - began
+                self._resume = time.monotonic() + took * (1.0 / self.budget - 1.0)
                 self._queue.task_done()
 
     def _measure(self, sample: RecallSample) -> None:

@@ -199,17 +199,9 @@ def search_segment(
         reduced = _reducible(seg, basis, allowed, k, recall_target)
         if reduced is not None:
             assert basis is not None
-            if pools is None:
-                pool = ReducedPool(schema.metric, query, basis, k, recall_target)
-                pool.add(seg, blocked, reduced)
-                return pool.best()
-            pool = pools.get(recall_target)
-            if pool is None:
-                pool = pools[recall_target] = ReducedPool(
-                    schema.metric, query, basis, k, recall_target
-                )
-            pool.add(seg, blocked, reduced)
-            return []
+            pool = _pool_for({} if pools is None else pools, schema, query, basis, k, recall_target)
+            pool.add(seg, blocked, pool.projected @ reduced)
+            return [] if pools is not None else pool.best()
         return _exact(loaded, schema.metric, query, k, blocked, allowed)
     return _approximate(loaded, schema, query, k, blocked, allowed, search_k, calibrated_k)
 
@@ -228,19 +220,30 @@ def search_segment_batch(
     filters: Mapping[str, Any] | None,
     recall_target: float = DEFAULT_RECALL_TARGET,
     basis: np.ndarray | None = None,
+    pools: list[dict[float, ReducedPool]] | None = None,
 ) -> list[list[Scored]]:
     """`search_segment` for each row of `queries`, the same hits: a segment that
     `search_segment` would scan exactly is scanned once for all of them, one
-    matrix product per block of queries; otherwise (Annoy, the reduced scan)
-    each query is searched in turn."""
+    matrix product per block of queries (in the reduced basis, with `pools`: one
+    per query, which the scan joins as `search_segment`'s does); otherwise
+    (Annoy) each query is searched in turn."""
     loaded = seg.loaded
     n = loaded.count
     allowed = _allowed(seg, blocked, filters)
     if allowed is not None and allowed.size == 0:
         return [[] for _ in range(len(queries))]
     scanned = _how(loaded, schema, recall_target, allowed)[0]
-    reducible = basis is not None and allowed is None and _worth_reducing(n, k, recall_target)
-    if not scanned or reducible:
+    reduced = _reducible(seg, basis, allowed, k, recall_target) if scanned else None
+    if reduced is not None and pools is not None:
+        assert basis is not None
+        joined = [
+            _pool_for(pools[j], schema, q, basis, k, recall_target) for j, q in enumerate(queries)
+        ]
+        approx = np.stack([pool.projected for pool in joined]) @ reduced
+        for pool, row in zip(joined, approx, strict=True):
+            pool.add(seg, blocked, row)
+        return [[] for _ in range(len(queries))]
+    if not scanned or reduced is not None:
         return [
             search_segment(seg, blocked, schema, q, k, filters, recall_target, basis)
             for q in queries
@@ -388,8 +391,9 @@ class ReducedPool:
         self.segments: list[CachedSegment] = []
         self.approx: list[np.ndarray] = []
 
-    def add(self, seg: CachedSegment, blocked: np.ndarray | None, reduced: np.ndarray) -> None:
-        approx = self.projected @ reduced
+    def add(self, seg: CachedSegment, blocked: np.ndarray | None, approx: np.ndarray) -> None:
+        """A segment's rows scored in the basis: `projected @ reduced` (a fresh
+        array, which the pool keeps and changes)."""
         if self.metric == "euclidean":
             # -|x - q|² ranks as 2 x.q - |x|² does.
             approx = 2 * approx - seg.loaded.norms**2
@@ -427,6 +431,21 @@ class ReducedPool:
             (float(exact[i]), *_row(self.segments[int(owner[i])].loaded, int(rows[i])))
             for i in top.tolist()
         ]
+
+
+def _pool_for(
+    pools: dict[float, ReducedPool],
+    schema: CollectionSchema,
+    query: np.ndarray,
+    basis: np.ndarray,
+    k: int,
+    recall_target: float,
+) -> ReducedPool:
+    """The query's pool at `recall_target` in `pools`, made on first use."""
+    pool = pools.get(recall_target)
+    if pool is None:
+        pool = pools[recall_target] = ReducedPool(schema.metric, query, basis, k, recall_target)
+    return pool
 
 
 def _row(loaded: LoadedSegment, row: int) -> tuple[str, Any]:
@@ -489,12 +508,14 @@ class Searcher:
         background_warm: bool = True,
         recall_sample: float = 0.0,
         on_recall_sample: Callable[[float], Any] | None = None,
+        recall_budget: float = 1.0,
     ) -> None:
         """
         Args:
             recall_sample: the fraction of queries re-run exactly in the background
                 to measure recall (see `RecallMonitor`); 0 measures none.
             on_recall_sample: called with each measured recall.
+            recall_budget: the share of one core those re-runs may take.
         """
         self.store = store
         self.refresh_interval = refresh_interval
@@ -515,7 +536,7 @@ class Searcher:
             if background_warm
             else None
         )
-        self.recall = RecallMonitor(recall_sample, on_sample=on_recall_sample)
+        self.recall = RecallMonitor(recall_sample, on_sample=on_recall_sample, budget=recall_budget)
         self.coalescer = Coalescer()
 
     def centroids(self, key: str) -> Centroids:
@@ -723,24 +744,36 @@ class Searcher:
         at the target it gives them)."""
         segments = self.cache.get_many([ref for ref, _ in wanted])
         work = [(seg, ref, who) for seg, (ref, who) in zip(segments, wanted, strict=True)]
-        tasks = max(1, min(self._threads, len(work)))
+        tasks = self._tasks([ref for ref, _ in wanted], schema)
 
         def run(share: list[tuple[CachedSegment, SegmentRef, np.ndarray]]) -> list[list[Scored]]:
             found: list[list[Scored]] = [[] for _ in range(m)]
+            pools: list[dict[float, ReducedPool]] = [{} for _ in range(m)]
             for seg, ref, who in share:
                 blocked = self.masks.blocked(ref)
                 target = _target(ref, schema, recall_target, large_target)
                 hits = search_segment_batch(
-                    seg, blocked, schema, queries[who], k, filters, target, basis
-                )
+                    seg, blocked, schema, queries[who], k, filters, target, basis,
+                    [pools[q] for q in who.tolist()],
+                )  # fmt: skip
                 for q, scored in zip(who.tolist(), hits, strict=True):
                     found[q] += scored
+            for q in range(m):
+                for pool in pools[q].values():
+                    found[q] += pool.best()
             return [best_of(f, k) for f in found]
 
         if tasks == 1:
             return run(work)
         parts = list(self._pool.map(run, [work[i::tasks] for i in range(tasks)]))
         return [[item for part in parts for item in part[q]] for q in range(m)]
+
+    def _tasks(self, refs: list[SegmentRef], schema: CollectionSchema) -> int:
+        """The query threads a search of `refs` is dealt to (see `_search_segments`):
+        up to `query_threads` where most of them are past `exact_threshold`, else
+        one, the caller's."""
+        heavy = sum(ref.count > schema.exact_threshold for ref in refs)
+        return min(self._threads, len(refs)) if 2 * heavy > len(refs) else 1
 
     def _unprojected(self, refs: list[SegmentRef], basis: np.ndarray | None) -> bool:
         """Whether a segment of `refs` was scanned in full for want of its
@@ -860,8 +893,7 @@ class Searcher:
         """
         segments = self.cache.get_many(refs)
         pairs = list(zip(segments, refs, strict=True))
-        heavy = sum(ref.count > schema.exact_threshold for ref in refs)
-        tasks = min(self._threads, len(pairs)) if 2 * heavy > len(pairs) else 1
+        tasks = self._tasks(refs, schema)
 
         def run(share: list[tuple[CachedSegment, SegmentRef]]) -> list[Scored]:
             found: list[Scored] = []

@@ -413,6 +413,7 @@ class Brainy:
                         self.settings.background_warm,
                         self.settings.recall_sample,
                         lambda _: self.metrics.recall_samples.inc(),
+                        self.settings.recall_budget,
                     )
         return self._searcher
 
