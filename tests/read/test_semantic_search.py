@@ -192,22 +192,32 @@ def test_auto_partitions_and_calibrated_probes_on_a_generated_set(tmp_path: Path
         assert _recall(reader, vectors, queries, recall_target=target) >= target
 
 
+def _correlated(
+    url: str, tmp_path: Path, metric: str, seed: int, queries: int
+) -> tuple[Brainy, np.ndarray, np.ndarray]:
+    """A compacted 128-d semantic collection `docs` of 12,000 correlated rows in 4
+    partitions (each past REDUCED_MIN_ROWS: scanned in a 32-d basis), its writer,
+    and queries drawn alike."""
+    rng = np.random.default_rng(seed)
+    # Correlated data, like real embeddings: a few strong directions.
+    mixing = rng.standard_normal((128, 128)).astype(np.float32) * np.geomspace(3, 0.1, 128)
+    vectors = rng.standard_normal((12_000, 128)).astype(np.float32) @ mixing.T
+    asked = rng.standard_normal((queries, 128)).astype(np.float32) @ mixing.T
+    writer = make_app(url, tmp_path)
+    declare(writer, dimension=128, metric=metric, partitions=4, strategy="semantic")
+    _index(writer, vectors)
+    assert compact(writer.maintenance, "docs", force=True).status == "compacted"
+    return writer, vectors, asked
+
+
 @pytest.mark.parametrize("metric", ["angular", "euclidean", "dot"])
 def test_partitions_are_scanned_in_the_reduced_basis_and_keep_recall(tmp_path: Path, metric):
     """A collection of 128 dimensions trains a 32-d basis with its centroids; a
     partition of more than REDUCED_MIN_ROWS rows is then scanned in it and its
     best candidates re-ranked in full: recall stays at the target for every
     metric (a wrong reduced score, e.g. euclidean without -|x|², would not)."""
-    rng = np.random.default_rng(11)
-    # Correlated data, like real embeddings: a few strong directions.
-    mixing = rng.standard_normal((128, 128)).astype(np.float32) * np.geomspace(3, 0.1, 128)
-    vectors = rng.standard_normal((12_000, 128)).astype(np.float32) @ mixing.T
-    queries = rng.standard_normal((60, 128)).astype(np.float32) @ mixing.T
     url = f"file://{tmp_path / 'store'}"
-    writer = make_app(url, tmp_path)
-    declare(writer, dimension=128, metric=metric, partitions=4, strategy="semantic")
-    _index(writer, vectors)
-    assert compact(writer.maintenance, "docs", force=True).status == "compacted"
+    _, vectors, queries = _correlated(url, tmp_path, metric, seed=11, queries=60)
     manifest = Manifests(open_store(url), "docs").latest()
     centroids = read_centroids(open_store(url), manifest.centroids)
     assert centroids.basis is not None and centroids.basis.shape == (128, 32)
@@ -235,15 +245,8 @@ def test_a_batch_pools_its_reduced_scans_as_each_query_alone_does(tmp_path: Path
     searched alone or in a batch (`search_batch`, which concurrent requests share):
     the same answers either way, deleted rows never among them, and recall at the
     target though far fewer rows are re-ranked than a pool per partition would."""
-    rng = np.random.default_rng(5)
-    mixing = rng.standard_normal((128, 128)).astype(np.float32) * np.geomspace(3, 0.1, 128)
-    vectors = rng.standard_normal((12_000, 128)).astype(np.float32) @ mixing.T
-    queries = rng.standard_normal((40, 128)).astype(np.float32) @ mixing.T
     url = f"file://{tmp_path / 'store'}"
-    writer = make_app(url, tmp_path)
-    declare(writer, dimension=128, metric=metric, partitions=4, strategy="semantic")
-    _index(writer, vectors)
-    assert compact(writer.maintenance, "docs", force=True).status == "compacted"
+    writer, vectors, queries = _correlated(url, tmp_path, metric, seed=5, queries=40)
     deleted = {str(i) for i in range(0, 12_000, 7)}
     writer.index_key(writer.ingest({"collection": "docs", "deletes": sorted(deleted)}).batch)
     reader = make_app(url, tmp_path, role="search")
