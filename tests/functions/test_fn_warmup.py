@@ -37,7 +37,8 @@ def _search(search: FunctionServer, vector: np.ndarray) -> str:
 
 def _wait_for_downloads(search: FunctionServer, expected: int, timeout: float = 60.0) -> int:
     deadline = time.monotonic() + timeout
-    while (found := search.store_requests()["download"]) < expected:
+    # Segment loads: downloads, or opens of a folder store's files read in place.
+    while (found := sum(search.store_requests()[k] for k in ("download", "open"))) < expected:
         if time.monotonic() > deadline:
             break
         time.sleep(0.1)

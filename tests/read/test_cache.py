@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from brainy.format.segment import CorruptSegment
 from helpers import declare, make_app
 
 COLLECTIONS = ("exact-a", "exact-b", "approx")
@@ -47,14 +48,14 @@ def test_eviction_never_breaks_a_running_query(tmp_path: Path) -> None:
         answers = list(pool.map(ask, range(QUERIES)))
     assert [found for found, _ in answers] == [expected for _, expected in answers]
 
-    # Once the burst is over, the cache holds what one query needs, nothing more.
+    # Once the burst is over, the cache holds what one query needs, nothing more;
+    # read in place from the folder store, nothing was copied into its folder (the
+    # indexes approximate searches copied out are unlinked once mapped).
     ask(0)
-    cache_dir = reader.searcher.cache.cache_dir
-    kept = {p.stem for p in cache_dir.iterdir()}
+    cache = reader.searcher.cache
     needed = {ref.id for ref in reader.manifests(COLLECTIONS[0]).latest().segments}
-    assert kept == needed
-    # An index and a header per segment: no download or split left half-way.
-    assert sorted(p.suffix for p in cache_dir.iterdir()) == sorted([".ann", ".json"] * SEGMENTS)
+    assert set(cache._entries) == needed
+    assert not list(cache.cache_dir.iterdir())
 
 
 def test_a_segment_evicted_by_another_process_between_check_and_open_is_fetched_again(
@@ -88,3 +89,52 @@ def test_a_segment_evicted_by_another_process_between_check_and_open_is_fetched_
         mp.setattr(Path, "read_bytes", evict_once)
         loaded = load_segment(app.store, ref.key, ref.id, cache)
     assert evicted and loaded.count == 5 and loaded.header.ids[0] == "r0"
+
+
+def _one_segment(tmp_path: Path, exact_threshold: int) -> tuple[str, np.ndarray]:
+    url = f"file://{tmp_path / 'store'}"
+    vectors = np.random.default_rng(2).standard_normal((300, DIM)).astype(np.float32)
+    writer = make_app(url, tmp_path)
+    declare(writer, dimension=DIM, exact_threshold=exact_threshold)
+    records = [{"id": str(i), "vector": v.tolist()} for i, v in enumerate(vectors)]
+    writer.index_key(writer.ingest({"collection": "docs", "records": records}).batch)
+    return url, vectors
+
+
+def test_a_folder_stores_segments_are_read_in_place(tmp_path: Path):
+    """A folder store's segment is verified and mapped where it lies: no download,
+    nothing left in the cache's folder (the Annoy index, copied out on its first
+    use, is unlinked once mapped), and it keeps answering once the object is gone
+    from the store (GC), the mappings being the search's own."""
+    url, vectors = _one_segment(tmp_path, 10_000)
+    reader = make_app(url, tmp_path, role="search")
+
+    def ask(i: int) -> str:
+        found = reader.search({"collection": "docs", "vector": vectors[i].tolist(), "k": 1})
+        return found.hits[0].id
+
+    assert ask(5) == "5"
+    cache = reader.searcher.cache
+    assert reader.store.requests["open"] == 1 and not reader.store.requests["download"]
+    (ref,) = reader.manifests("docs").latest().segments
+    (seg,) = cache.get_many([ref])
+    assert seg.loaded._index is None  # scanned: the index was never needed
+    (tmp_path / "store" / ref.key).unlink()
+    assert seg.loaded.index is not None
+    assert seg.loaded.index.get_nns_by_vector(vectors[9].tolist(), 1) == [9]
+    assert not list(cache.cache_dir.iterdir())
+    assert [ask(i) for i in (7, 250)] == ["7", "250"]
+
+
+def test_a_corrupt_segment_in_a_folder_store_is_refused_in_place(tmp_path: Path):
+    """Read in place, a segment is still checked against its digest: a flipped byte
+    is a clear error, not a wrong answer."""
+    url, vectors = _one_segment(tmp_path, 10_000)
+    reader = make_app(url, tmp_path, role="search")
+    (ref,) = reader.manifests("docs").latest().segments
+    path = tmp_path / "store" / ref.key
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptSegment, match="checksum mismatch"):
+        reader.search({"collection": "docs", "vector": vectors[0].tolist(), "k": 1})

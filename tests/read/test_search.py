@@ -59,8 +59,8 @@ def test_a_filter_matching_nothing_and_an_empty_collection_answer_no_results(tmp
 
 def test_segment_cache_evicts_least_recently_used_within_its_budget(tmp_path):
     """Two collections, a cache that holds one of them: searching the other evicts
-    the least recently used segments (their files go); searching back downloads
-    them again, and every answer stays right."""
+    the least recently used segments; searching back loads them again (read in
+    place from the folder store: an `open` each), and every answer stays right."""
     rng = np.random.default_rng(4)
     vectors = rng.standard_normal((2, 4, 50, 16)).astype(np.float32)
     writer = make_app(f"file://{tmp_path / 'store'}", tmp_path)
@@ -75,17 +75,18 @@ def test_segment_cache_evicts_least_recently_used_within_its_budget(tmp_path):
         ref.bytes for ref in writer.manifests("left").latest().segments
     )  # an upper bound of its cached files
     app = make_app(f"file://{tmp_path / 'store'}", tmp_path, BRAINY_CACHE_SIZE=str(one_collection))
-    cache_dir = app.searcher.cache.cache_dir
+    cache = app.searcher.cache
 
     def ask(c: int, name: str) -> None:
         hits = app.search({"collection": name, "vector": vectors[c, 2, 7].tolist(), "k": 1}).hits
         assert hits[0].id == f"{name}-2-7"
 
     ask(0, "left")
-    left = {p.name for p in cache_dir.glob("*.ann")}
-    assert len(left) == 4 and app.store.requests["download"] == 4
+    left = set(cache._entries)
+    assert len(left) == 4 and app.store.requests["open"] == 4
     ask(1, "right")
-    cached = {p.name for p in cache_dir.glob("*.ann")}
+    cached = set(cache._entries)
     assert len(cached) == 4 and not cached & left  # left's segments were evicted
     ask(0, "left")
-    assert app.store.requests["download"] == 12  # downloaded again, once each
+    assert app.store.requests["open"] == 12  # loaded again, once each
+    assert not app.store.requests["download"]

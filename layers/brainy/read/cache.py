@@ -218,7 +218,8 @@ class SegmentCache:
     def _load(self, ref: SegmentRef) -> CachedSegment:
         try:
             entry = CachedSegment(
-                load_segment(self.store, ref.key, ref.id, self.cache_dir), self.project_on_scan
+                load_segment(self.store, ref.key, ref.id, self.cache_dir, in_place=True),
+                self.project_on_scan,
             )
             with self._lock:
                 old = self._entries.pop(ref.id, None)

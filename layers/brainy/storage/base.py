@@ -204,6 +204,19 @@ class ObjectStore(ABC):
         finally:
             tmp.unlink(missing_ok=True)
 
+    def local_path(self, key: str) -> Path | None:
+        """Where the object lies as a local file, for a store that keeps its objects
+        so (a folder), so that an immutable one can be read in place rather than
+        copied; None for any other store. Counted as an `open` request: the file
+        may still be missing (the caller's open then raises `NotFound`)."""
+        path = self._local_path(key)
+        if path is not None:
+            self._count("open")
+        return path
+
+    def _local_path(self, key: str) -> Path | None:
+        return None
+
     def upload(self, key: str, path: Path, *, if_absent: bool = False) -> str:
         """Stream a local file into an object; returns its ETag."""
         self._check_writable("upload", key)

@@ -192,5 +192,8 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             raise NotFound(key) from None
 
+    def _local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
     def _upload(self, key, path, if_absent) -> str:
         return self._put(key, Path(path), if_absent, None)
