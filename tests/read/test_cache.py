@@ -127,8 +127,8 @@ def test_a_folder_stores_segments_are_read_in_place(tmp_path: Path):
 
 
 def test_a_corrupt_segment_in_a_folder_store_is_refused_in_place(tmp_path: Path):
-    """Read in place, a segment is still checked against its digest: a flipped byte
-    is a clear error, not a wrong answer."""
+    """Read in place, a segment is still checked against its digest: a flipped byte,
+    or an empty file, is a clear error, not a wrong answer."""
     url, vectors = _one_segment(tmp_path, 10_000)
     reader = make_app(url, tmp_path, role="search")
     (ref,) = reader.manifests("docs").latest().segments
@@ -137,4 +137,7 @@ def test_a_corrupt_segment_in_a_folder_store_is_refused_in_place(tmp_path: Path)
     data[-100] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptSegment, match="checksum mismatch"):
+        reader.search({"collection": "docs", "vector": vectors[0].tolist(), "k": 1})
+    path.write_bytes(b"")
+    with pytest.raises(CorruptSegment, match="not a Brainy segment"):
         reader.search({"collection": "docs", "vector": vectors[0].tolist(), "k": 1})

@@ -23,6 +23,7 @@ from flask import Request, Response
 from brainy.core import logs
 from brainy.core.config import ConfigError
 from brainy.core.errors import BrainyError, PayloadTooLarge, error_body
+from brainy.core.jsonio import decode_json
 from brainy.storage import ConditionalWritesUnsupported, ReadOnlyStore, StorageError
 from brainy.table.manifest import CommitFailed
 
@@ -42,16 +43,6 @@ def encode_json(body: Any) -> bytes:
         return orjson.dumps(body, default=str, option=_ORJSON_OPTIONS)
     except TypeError:
         return json.dumps(body, separators=(",", ":"), default=str).encode()
-
-
-def decode_json(data: bytes) -> Any:
-    """orjson's parse; what it refuses is parsed again by the standard decoder, which
-    accepts what it always did (`NaN` literals, integers beyond 64 bits: validation
-    names them) and words its errors as it always did."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import shutil
 import struct
@@ -39,6 +40,7 @@ import xxhash
 from annoy import AnnoyIndex
 
 from brainy.core.config import CollectionSchema
+from brainy.core.jsonio import decode_json
 from brainy.format.calibration import calibrate
 from brainy.storage import NotFound, ObjectStore, PreconditionFailed
 
@@ -492,7 +494,7 @@ class SegmentHeader:
         # Without metadata, each row's metadata object is dropped as soon as it is
         # parsed (the hook sees every JSON object, innermost first; only the header
         # and its tombstones hold "ids"), not held until the whole header is.
-        h = json.loads(raw) if metadata else json.loads(raw, object_hook=_tables_only)
+        h = decode_json(raw) if metadata else json.loads(raw, object_hook=_tables_only)
         dead = h.get("tombstones") or {}
         header = cls(
             dimension=h["dimension"],
@@ -691,9 +693,13 @@ def _fetch(
 def _in_place(path: Path, segment_id: str, key: str, cache_dir: Path) -> LoadedSegment:
     try:
         with open(path, "rb") as f:
-            header = _verified_header(f, segment_id, key)
+            # Unmapped when dropped (an error's traceback may hold a view of it).
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (FileNotFoundError, NotADirectoryError):
         raise NotFound(key) from None
+    except ValueError:  # an empty file cannot be mapped
+        raise CorruptSegment(f"{key}: not a Brainy segment") from None
+    header = _verified_mapping(memoryview(mapped), segment_id, key)
     return LoadedSegment(
         segment_id,
         SegmentHeader.from_json(header),
@@ -708,17 +714,37 @@ def _verified_header(f: BinaryIO, segment_id: str, key: str) -> bytes:
     """The header of the segment object `f` (left positioned after it), once its
     whole content matches the digest it starts with and the id it is named by."""
     prefix = f.read(_PREFIX_LEN)
-    if len(prefix) < _PREFIX_LEN or not prefix.startswith(MAGIC):
-        raise CorruptSegment(f"{key}: not a Brainy segment")
-    digest = prefix[len(MAGIC) : len(MAGIC) + 16]
-    hasher = xxhash.xxh3_128(prefix[len(MAGIC) + 16 :])
+    hasher = xxhash.xxh3_128(_check_prefix(prefix, key))
     while chunk := f.read(1 << 20):
         hasher.update(chunk)
-    if hasher.digest() != digest or hasher.hexdigest() != segment_id:
-        raise CorruptSegment(f"{key}: checksum mismatch")
-    (hlen,) = struct.unpack_from("<Q", prefix, len(MAGIC) + 16)
+    _check_digest(hasher, prefix, segment_id, key)
     f.seek(_PREFIX_LEN)
-    return f.read(hlen)
+    return f.read(_header_length(prefix))
+
+
+def _verified_mapping(mapped: memoryview, segment_id: str, key: str) -> bytes:
+    """`_verified_header` of a mapped segment object, hashed in place (no copy)."""
+    prefix = bytes(mapped[:_PREFIX_LEN])
+    hasher = xxhash.xxh3_128(_check_prefix(prefix, key))
+    hasher.update(mapped[_PREFIX_LEN:])
+    _check_digest(hasher, prefix, segment_id, key)
+    return bytes(mapped[_PREFIX_LEN : _PREFIX_LEN + _header_length(prefix)])
+
+
+def _check_prefix(prefix: bytes, key: str) -> bytes:
+    """What of the prefix the digest covers (the header length), once it is one."""
+    if len(prefix) < _PREFIX_LEN or not prefix.startswith(MAGIC):
+        raise CorruptSegment(f"{key}: not a Brainy segment")
+    return prefix[len(MAGIC) + 16 :]
+
+
+def _check_digest(hasher: Any, prefix: bytes, segment_id: str, key: str) -> None:
+    if hasher.digest() != prefix[len(MAGIC) : len(MAGIC) + 16] or hasher.hexdigest() != segment_id:
+        raise CorruptSegment(f"{key}: checksum mismatch")
+
+
+def _header_length(prefix: bytes) -> int:
+    return struct.unpack_from("<Q", prefix, len(MAGIC) + 16)[0]
 
 
 def _split_verified(part: Path, segment_id: str, key: str, head_path: Path, ann_path: Path) -> None:
