@@ -3,7 +3,15 @@
 index-updated event (CloudEvent, Pub/Sub push, SNS notification) and serves that
 collection's new version at once."""
 
+import os
 import time
+
+# functions-framework serves this function with gunicorn's threaded worker, sized
+# from THREADS (its default: 4 threads a core). A search is CPU-bound, and threads
+# beyond the cores only queue on the interpreter's lock: measured with 16 HTTP
+# clients on 2 cores (30k real vectors), 2 threads served 548 QPS at p99 38.6 ms,
+# 8 threads 475 QPS at p99 53.4 ms. A THREADS in the environment still wins.
+os.environ.setdefault("THREADS", str(len(os.sched_getaffinity(0))))
 
 import functions_framework
 from flask import Request, Response
