@@ -4,13 +4,15 @@ must still answer, and answer right."""
 
 from __future__ import annotations
 
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import xxhash
 
-from brainy.format.segment import CorruptSegment
+from brainy.format.segment import ALIGN, CorruptSegment, load_segment
 from helpers import declare, make_app
 
 COLLECTIONS = ("exact-a", "exact-b", "approx")
@@ -141,3 +143,29 @@ def test_a_corrupt_segment_in_a_folder_store_is_refused_in_place(tmp_path: Path)
     path.write_bytes(b"")
     with pytest.raises(CorruptSegment, match="not a Brainy segment"):
         reader.search({"collection": "docs", "vector": vectors[0].tolist(), "k": 1})
+
+
+def test_a_segment_written_before_padded_headers_is_read_from_an_aligned_copy(tmp_path: Path):
+    """A segment's header is padded so its vectors start aligned in the object; one
+    written before (its header unpadded, its vectors misaligned in place) is copied
+    into the cache instead, and answers as any other."""
+    url, vectors = _one_segment(tmp_path, 10_000)
+    reader = make_app(url, tmp_path, role="search")
+    (ref,) = reader.manifests("docs").latest().segments
+    path = tmp_path / "store" / ref.key
+    data = path.read_bytes()
+    (hlen,) = struct.unpack_from("<Q", data, 24)
+    assert (32 + hlen) % ALIGN == 0
+    # The same segment as an older build wrote it: no padding, so a new digest (and
+    # id) over the shorter header; published under that id in a fresh manifest.
+    header = data[32 : 32 + hlen].rstrip(b" ")
+    rest = struct.pack("<Q", len(header)) + header + data[32 + hlen :]
+    digest = xxhash.xxh3_128(rest)
+    old_id = digest.hexdigest()
+    old = ref.key.replace(ref.id, old_id)
+    (tmp_path / "store" / old).parent.mkdir(parents=True)
+    (tmp_path / "store" / old).write_bytes(data[:8] + digest.digest() + rest)
+    loaded = load_segment(reader.store, old, old_id, tmp_path / "old-cache", in_place=True)
+    assert reader.store.requests["download"] == 1  # copied, not read in place
+    assert np.array_equal(loaded.vectors, vectors)
+    assert loaded.vectors.ctypes.data % 4 == 0
