@@ -540,10 +540,8 @@ def read_segment_header(store: ObjectStore, key: str, *, metadata: bool = True) 
     without `metadata`, a slim one (see `SegmentHeader`)."""
     blob = store.get(key, byte_range=(0, _HEADER_PROBE - 1))
     data = blob.data
-    if not data.startswith(MAGIC) or len(data) < _PREFIX_LEN:
-        raise CorruptSegment(f"{key}: not a Brainy segment")
-    (hlen,) = struct.unpack_from("<Q", data, len(MAGIC) + 16)
-    end = _PREFIX_LEN + hlen
+    _check_prefix(data[:_PREFIX_LEN], key)
+    end = _PREFIX_LEN + _header_length(data)
     if end > len(data):
         # The whole header in one read: joining the rest to the probe, then slicing
         # the header out, would hold it three times over.
@@ -710,10 +708,13 @@ def _in_place(path: Path, segment_id: str, key: str, cache_dir: Path) -> LoadedS
         raise CorruptSegment(f"{key}: not a Brainy segment") from None
     view = memoryview(mapped)
     prefix = bytes(view[:_PREFIX_LEN])
-    _check_prefix(prefix, key)
-    if (_PREFIX_LEN + _header_length(prefix)) % ALIGN:
+    hasher = xxhash.xxh3_128(_check_prefix(prefix, key))
+    start = _PREFIX_LEN + _header_length(prefix)
+    if start % ALIGN:
         return None  # written before headers were padded: read from an aligned copy
-    header = _verified_mapping(view, segment_id, key)
+    hasher.update(view[_PREFIX_LEN:])  # hashed through the mapping: no copy
+    _check_digest(hasher, prefix, segment_id, key)
+    header = bytes(view[_PREFIX_LEN:start])
     return LoadedSegment(
         segment_id,
         SegmentHeader.from_json(header),
@@ -734,15 +735,6 @@ def _verified_header(f: BinaryIO, segment_id: str, key: str) -> bytes:
     _check_digest(hasher, prefix, segment_id, key)
     f.seek(_PREFIX_LEN)
     return f.read(_header_length(prefix))
-
-
-def _verified_mapping(mapped: memoryview, segment_id: str, key: str) -> bytes:
-    """`_verified_header` of a mapped segment object, hashed in place (no copy)."""
-    prefix = bytes(mapped[:_PREFIX_LEN])
-    hasher = xxhash.xxh3_128(_check_prefix(prefix, key))
-    hasher.update(mapped[_PREFIX_LEN:])
-    _check_digest(hasher, prefix, segment_id, key)
-    return bytes(mapped[_PREFIX_LEN : _PREFIX_LEN + _header_length(prefix)])
 
 
 def _check_prefix(prefix: bytes, key: str) -> bytes:

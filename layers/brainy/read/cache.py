@@ -158,10 +158,9 @@ class SegmentCache:
                     fut = self._pool.submit(self._load, ref)
                     self._inflight[ref.id] = fut
                 found.append(fut)
-        if not missed:  # all cached: nothing lands, nothing to evict
-            return [entry for entry in found if isinstance(entry, CachedSegment)]
         result = [f.result() if isinstance(f, Future) else f for f in found]
-        self._evict(keep={ref.id for ref in refs})
+        if missed:  # what landed may push others out (all cached: nothing did)
+            self._evict(keep={ref.id for ref in refs})
         return result
 
     def cached(self, ref: SegmentRef) -> bool:
