@@ -9,13 +9,14 @@ unless `--no-s3`, on a moto S3 server started on a free loopback port (the same
 objects copied there). For each store, each with a fresh read-only instance and
 an empty cache:
 
-* `first_query`: the first search's latency, the store requests it sent by kind,
-  the segments and bytes it brought into the cache against the whole collection
-  (background warming off, so nothing else downloads meanwhile);
-* `warm_query_p50`: the same query repeated once cached;
-* `warmup`: `Brainy.warmup` (what `POST /warmup` calls) of the whole collection;
-* `background`: with background warming on, the first query's latency and the
-  time until every live segment is cached.
+* `first_query`: the first search's latency, the store requests it sent by kind
+  and the bytes it read, as the search function runs (background warming on: the
+  segments it probes are read from their sketches and downloaded behind it);
+* `background`: the time until every live segment is cached, from that query;
+* `warm_query_p50_ms`, `warm_query_requests`: another query, repeated once cached;
+* `first_query_whole_segments`: the same first query with background warming off,
+  which downloads the probed segments whole before answering;
+* `warmup`: `Brainy.warmup` (what `POST /warmup` calls) of the whole collection.
 
 Run: `python -m bench.coldstart [--rows 100000] [--dim 384] [--partitions 64]
 [--no-s3]`; figures go to `bench/results/coldstart.json`.
@@ -28,6 +29,7 @@ import json
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,7 +42,7 @@ from bench.systems import brainy_app
 from brainy.core.config import CollectionSchema
 from brainy.maintenance.compaction import compact
 from brainy.service.app import Brainy
-from brainy.storage import open_store
+from brainy.storage import ObjectStore, open_store
 from brainy.table.manifest import Manifest, Manifests
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -91,6 +93,40 @@ def _query(app: Brainy, vector: np.ndarray, collection: str) -> float:
     return time.perf_counter() - started
 
 
+class _Traffic:
+    """Requests by kind and bytes read (GETs and downloads) through a store."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.requests: Counter[str] = Counter()
+        self.bytes = 0
+        self._lock = threading.Lock()
+        store.add_observer(lambda kind: self.requests.update([kind]))
+        get, download = store.get, store.download
+
+        def counted_get(key: str, **kw: Any) -> Any:
+            blob = get(key, **kw)
+            self._add(len(blob.data))
+            return blob
+
+        def counted_download(key: str, path: Path) -> None:
+            download(key, path)
+            self._add(Path(path).stat().st_size)
+
+        store.get = counted_get  # type: ignore[method-assign]
+        store.download = counted_download  # type: ignore[method-assign]
+
+    def _add(self, n: int) -> None:
+        with self._lock:
+            self.bytes += n
+
+    def take(self) -> dict[str, Any]:
+        with self._lock:
+            out = {"requests": dict(self.requests), "bytes": self.bytes}
+            self.requests.clear()
+            self.bytes = 0
+        return out
+
+
 def measure(
     url: str, work: Path, queries: np.ndarray, collection: str = COLLECTION
 ) -> dict[str, Any]:
@@ -102,36 +138,40 @@ def measure(
         "collection": {"segments": len(live), "bytes": sum(ref.bytes for ref in live)},
     }
 
-    reader = brainy_app(url, work / "cold", "search", BRAINY_BACKGROUND_WARM="false")
-    requests: Counter[str] = Counter()
-    reader.store.add_observer(lambda kind: requests.update([kind]))
+    # As the search function runs (background warming on): the segments a first
+    # query probes are read from their sketches, and downloaded behind the answer.
+    reader = brainy_app(url, work / "cold", "search")
+    traffic = _Traffic(reader.store)
     seconds = _query(reader, queries[0], collection)
-    segments, fetched = _cached_bytes(reader, manifest)
-    warm = [_query(reader, queries[0], collection) for _ in range(20)]
-    out["first_query"] = {
-        "seconds": round(seconds, 4),
-        "requests": dict(requests),
-        "segments": segments,
-        "bytes": fetched,
+    out["first_query"] = {"seconds": round(seconds, 4), **traffic.take()}
+    started = time.perf_counter()
+    while _cached_bytes(reader, manifest)[0] < len(live) and time.perf_counter() - started < 600:
+        time.sleep(0.01)
+    out["background"] = {
+        "all_cached_seconds": round(seconds + time.perf_counter() - started, 3),
+        "segments": _cached_bytes(reader, manifest)[0],
     }
+    traffic.take()
+    warm = [_query(reader, queries[1], collection) for _ in range(20)]
     out["warm_query_p50_ms"] = round(statistics.median(warm) * 1000, 3)
+    out["warm_query_requests"] = sum(traffic.take()["requests"].values())
+    reader.close()
+
+    # Without background warming: the probed segments are downloaded whole first.
+    reader = brainy_app(url, work / "whole", "search", BRAINY_BACKGROUND_WARM="false")
+    traffic = _Traffic(reader.store)
+    seconds = _query(reader, queries[0], collection)
+    segments, _ = _cached_bytes(reader, manifest)
+    out["first_query_whole_segments"] = {
+        "seconds": round(seconds, 4),
+        "segments": segments,
+        **traffic.take(),
+    }
     reader.close()
 
     reader = brainy_app(url, work / "warmup", "search", BRAINY_BACKGROUND_WARM="false")
     [report] = reader.warmup({"collection": collection})
     out["warmup"] = report.to_dict()
-    reader.close()
-
-    reader = brainy_app(url, work / "background", "search")
-    started = time.perf_counter()
-    first = _query(reader, queries[1], collection)
-    while _cached_bytes(reader, manifest)[0] < len(live) and time.perf_counter() - started < 600:
-        time.sleep(0.01)
-    out["background"] = {
-        "first_query_seconds": round(first, 4),
-        "all_cached_seconds": round(time.perf_counter() - started, 3),
-        "segments": _cached_bytes(reader, manifest)[0],
-    }
     reader.close()
     return out
 

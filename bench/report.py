@@ -116,10 +116,11 @@ def _cold(measured: dict[str, Any], store: str) -> str:
     if store not in measured:
         return "-"
     first, total = measured[store]["first_query"], measured[store]["collection"]
-    return (
-        f"{first['seconds']:.2f} s ({first['segments']}/{total['segments']} segments, "
-        f"{_mb(first['bytes'])})"
-    )
+    whole = measured[store].get("first_query_whole_segments")
+    line = f"{first['seconds']:.2f} s ({_mb(first['bytes'])} of {_mb(total['bytes'])} read)"
+    if whole:
+        line += f"; whole segments: {whole['seconds']:.2f} s ({_mb(whole['bytes'])})"
+    return line
 
 
 def _around(results: dict[str, Any]) -> list[str]:

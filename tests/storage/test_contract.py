@@ -319,3 +319,32 @@ def test_awkward_keys_round_trip(store: ObjectStore, key: str) -> None:
     assert [(o.key, o.etag) for o in store.list(key.split("/")[0])] == [(key, etag)]
     store.delete(key, if_match=etag)
     assert not store.exists(key)
+
+
+def test_s3_downloads_an_object_past_the_streamed_limit_in_parts(
+    store_url: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Up to `STREAMED_PARTS` parts an object is one streamed GET; past it, the
+    GET is dropped after its headers and the object fetched in parallel parts."""
+    from brainy.storage.s3 import STREAMED_PARTS, S3Store
+
+    opened = open_store(store_url("s3"))
+    assert isinstance(opened, S3Store)
+    store = S3Store(opened.bucket, opened.prefix, part_size=5 * MiB)
+    size = STREAMED_PARTS * 5 * MiB + 12345
+    data = random.Random(11).randbytes(size)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    store.upload("segments/big/data.bin", src)
+    sent: list[dict] = []
+    store.client.meta.events.register(
+        "before-call.s3.GetObject", lambda params, **_: sent.append(params["headers"])
+    )
+    out = tmp_path / "out.bin"
+    store.download("segments/big/data.bin", out)
+    assert out.read_bytes() == data
+    ranged = [h["Range"] for h in sent if "Range" in h]
+    assert len(ranged) == STREAMED_PARTS + 1  # the parts, after one plain GET
+    assert len(sent) == len(ranged) + 1
+    opened.close()
+    store.close()

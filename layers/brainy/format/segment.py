@@ -2,7 +2,8 @@
 
 One object per segment, `<collection>/segments/<segment-id>/segment.bin`:
 
-    MAGIC(8) | xxh3-128 digest of the rest(16) | header length(8) | header JSON | Annoy file
+    MAGIC(8) | xxh3-128 digest of the rest(16) | header length(8) | header JSON |
+    Annoy file | (padding, sketch)
 
 The header holds the row ids, timestamps, writers and metadata, and the segment's
 tombstones (deletes: id, timestamp, writer; no vector); the Annoy file holds the
@@ -11,6 +12,12 @@ segment does not store them twice: `vectors` reads them back out of the
 memory-mapped index). A segment of deletes only has no Annoy file. The segment
 id is the digest; every build carries a nonce, so two builds of the same rows
 are two segments (see `upload_segment`).
+
+A segment small enough to be scanned rather than searched through its trees (up
+to the collection's `exact_threshold`) ends with a sketch of its rows
+(`brainy.format.sketch`), at the first 64-byte boundary after its Annoy file
+(`annoy_bytes` long, as the header says): what a search reads of a segment it has
+not cached.
 
 Tombstones live in segments rather than in the manifest, so the manifest grows
 with segments only: a tombstone is written once with the batch that deleted the
@@ -42,6 +49,7 @@ from annoy import AnnoyIndex
 from brainy.core.config import CollectionSchema
 from brainy.core.jsonio import decode_json
 from brainy.format.calibration import calibrate
+from brainy.format.sketch import CorruptSketch, RowStats, Sketch, SketchSpan, write_sketch
 from brainy.storage import NotFound, ObjectStore, PreconditionFailed
 
 MAGIC = b"BRAINYS1"
@@ -117,6 +125,7 @@ class BuiltSegment:
     min_ts: int  # over rows and tombstones
     max_ts: int
     tombstones: int = 0
+    sketch: SketchSpan | None = None
 
 
 def build_segment(
@@ -128,6 +137,7 @@ def build_segment(
     workdir: Path,
     calibrate_above: int | None = None,
     threads: int | None = None,
+    sketch_up_to: int | None = None,
 ) -> BuiltSegment:
     """Build a segment file in `workdir` (rows or tombstones must be non-empty).
 
@@ -137,6 +147,8 @@ def build_segment(
             target (see `calibrate`); None never calibrates.
         threads: threads building the trees (see `_build_annoy`); None: one a
             core this process may run on (at most one a tree).
+        sketch_up_to: a segment of at most this many rows ends with a sketch of
+            them (see `brainy.format.sketch`); None writes none.
 
     Memory: the index is built in its file (`on_disk_build`) from vectors streamed
     in chunks, so beyond the rows' ids and metadata a build holds about the size
@@ -149,7 +161,9 @@ def build_segment(
         raise ValueError(f"build_segment: {vectors.count} vectors for {n} ids")
     dim = vectors.dimension
     workdir.mkdir(parents=True, exist_ok=True)
-    ann_path = _build_annoy(vectors, metric, n_trees, seed, workdir, threads) if n else None
+    sketched = n > 0 and sketch_up_to is not None and n <= sketch_up_to
+    stats = RowStats.of((), dim, n) if sketched else None
+    ann_path = _build_annoy(vectors, metric, n_trees, seed, workdir, threads, stats) if n else None
     calibration = None
     if ann_path is not None and calibrate_above is not None and n > calibrate_above:
         calibration = _calibrate(ann_path, n, dim, metric, n_trees, seed)
@@ -159,7 +173,7 @@ def build_segment(
         optional["calibration"] = calibration
     header = json.dumps(
         {
-            "format": 2,
+            "format": 3,
             # Unique per build: see upload_segment.
             "nonce": uuid.uuid4().hex,
             "dimension": dim,
@@ -185,6 +199,7 @@ def build_segment(
     fd, seg_name = tempfile.mkstemp(suffix=".seg", dir=workdir)
     seg_path = Path(seg_name)
     hasher = xxhash.xxh3_128()
+    sketch = None
     with os.fdopen(fd, "wb") as out:
         out.write(MAGIC + b"\0" * 16)
         head = struct.pack("<Q", len(header)) + header
@@ -195,6 +210,18 @@ def build_segment(
                 while chunk := src.read(1 << 20):
                     out.write(chunk)
                     hasher.update(chunk)
+            if stats is not None:
+                pad = b"\0" * (-out.tell() % ALIGN)
+                out.write(pad)
+                hasher.update(pad)
+                at, extra = _ANNOY_LAYOUT[metric]
+                meta = {
+                    "metric": metric,
+                    "header": [len(header), xxhash.xxh3_64_hexdigest(header)],
+                    "vectors": [_PREFIX_LEN + len(header), extra + 4 * dim, at],
+                }
+                chunks = read_vectors(ann_path, metric, dim, np.arange(n)).chunks
+                sketch = write_sketch(out, hasher, chunks, stats, meta)
             ann_path.unlink()
         out.seek(len(MAGIC))
         out.write(hasher.digest())
@@ -207,6 +234,7 @@ def build_segment(
         min_ts=int(ts.min()),
         max_ts=int(ts.max()),
         tombstones=len(dead),
+        sketch=sketch,
     )
 
 
@@ -214,7 +242,8 @@ def build_collection_segment(
     schema: CollectionSchema, rows: SegmentRows, workdir: Path
 ) -> BuiltSegment:
     """`build_segment` as a collection's schema says: its metric, trees and seed,
-    calibrated when larger than its exact threshold (smaller ones are scanned)."""
+    calibrated when larger than its exact threshold, sketched when not (smaller
+    ones are scanned)."""
     return build_segment(
         rows,
         metric=schema.metric,
@@ -222,6 +251,7 @@ def build_collection_segment(
         seed=schema.seed,
         workdir=workdir,
         calibrate_above=schema.exact_threshold,
+        sketch_up_to=schema.exact_threshold,
     )
 
 
@@ -239,8 +269,10 @@ def _build_annoy(
     seed: int,
     workdir: Path,
     threads: int | None = None,
+    stats: RowStats | None = None,
 ) -> Path:
-    """Build the Annoy index of `vectors` in a file of `workdir`.
+    """Build the Annoy index of `vectors` in a file of `workdir` (gathering the
+    rows' `stats` for a sketch on the way, if given).
 
     Annoy's Python `add_item` takes one vector at a time and reads it element by
     element (as slow as the build itself at 384 dimensions), so the item nodes are
@@ -269,7 +301,7 @@ def _build_annoy(
     try:
         index.on_disk_build(ann_name)
         index.add_item(n - 1, [0.0] * dim)
-        last = _write_items(ann_path, vectors, metric)
+        last = _write_items(ann_path, vectors, metric, stats)
         # A cheap proof that Annoy reads what was written under it.
         if np.asarray(index.get_item_vector(n - 1), "<f4").tobytes() != last.tobytes():
             raise RuntimeError(f"{ann_path}: Annoy does not see the items written to its file")
@@ -323,9 +355,12 @@ def _node_size(metric: str, dimension: int) -> int:
     return _ANNOY_LAYOUT[metric][0] + 4 * dimension
 
 
-def _write_items(ann_path: Path, vectors: VectorChunks, metric: str) -> np.ndarray:
+def _write_items(
+    ann_path: Path, vectors: VectorChunks, metric: str, stats: RowStats | None = None
+) -> np.ndarray:
     """Write every vector as an Annoy item node (n_descendants 1, the other fields
-    0, the vector) at the start of `ann_path`; returns the last vector written."""
+    0, the vector) at the start of `ann_path`, adding them to `stats` if given;
+    returns the last vector written."""
     offset = _ANNOY_LAYOUT[metric][0] // 4
     per = max(1, CHUNK_BYTES // _node_size(metric, vectors.dimension))
     nodes = np.zeros((per, offset + vectors.dimension), dtype="<i4")
@@ -338,6 +373,8 @@ def _write_items(ann_path: Path, vectors: VectorChunks, metric: str) -> np.ndarr
                 size = len(chunk[lo : lo + per])
                 values[:size] = chunk[lo : lo + per]
                 out.write(nodes[:size].data)
+                if stats is not None:
+                    stats.add(values[:size], written)
                 written += size
     if written != vectors.count:
         raise ValueError(f"build_segment: {written} vectors for {vectors.count} ids")
@@ -495,6 +532,9 @@ class SegmentHeader:
     # How the segment is searched per recall target (see `calibrate`); absent
     # from segments built before calibration, and from slim headers.
     calibration: dict[str, Any] | None = None
+    # The Annoy file's size; None in segments that did not record it (everything
+    # after the header is the Annoy file there).
+    annoy_bytes: int | None = None
 
     @classmethod
     def from_json(cls, raw: bytes, *, metadata: bool = True) -> SegmentHeader:
@@ -517,6 +557,7 @@ class SegmentHeader:
                 writers=dead.get("writers", []),
             ),
             calibration=h.get("calibration") if metadata else None,
+            annoy_bytes=h.get("annoy_bytes"),
         )
         return header if metadata else header.slim()
 
@@ -555,6 +596,36 @@ def read_segment_header(store: ObjectStore, key: str, *, metadata: bool = True) 
         raise CorruptSegment(f"{key}: bad header ({e})") from None
 
 
+def read_sketch(store: ObjectStore, key: str, span: SketchSpan) -> Sketch:
+    """The sketch of the segment at `key`, by one ranged GET, checked against the
+    checksum of its `span` (which the manifest records).
+
+    Raises:
+        CorruptSketch: it fails its checksum or does not decode.
+    """
+    blob = store.get(key, byte_range=(span.offset, span.offset + span.length - 1))
+    return Sketch.decode(blob.data, span, key)
+
+
+def read_sketched_header(store: ObjectStore, key: str, sketch: Sketch) -> SegmentHeader:
+    """The header of the segment at `key`, by one ranged GET of exactly it, checked
+    against the checksum its `sketch` records.
+
+    Raises:
+        CorruptSketch: it fails the check.
+    """
+    length, checksum = sketch.header
+    data = store.get(key, byte_range=(0, _PREFIX_LEN + length - 1)).data
+    raw = data[_PREFIX_LEN:]
+    if (
+        len(raw) != length
+        or _header_length(data) != length
+        or xxhash.xxh3_64_hexdigest(raw) != checksum
+    ):
+        raise CorruptSketch(f"{key}: header does not match the segment's sketch")
+    return SegmentHeader.from_json(raw)
+
+
 class LoadedSegment:
     """A segment in the local cache: the header in memory, the Annoy file mapped.
 
@@ -588,7 +659,9 @@ class LoadedSegment:
             spill: where the index of a segment read in place is copied out on its
                 first use (Annoy loads a file of its own, unlinked once mapped);
                 vectors need no copy.
-            header_bytes: the header's size (default: its `.json` beside `ann_path`).
+            header_bytes: what the segment holds beside its Annoy file: its header
+                (default: the size of its `.json` beside `ann_path`), and the
+                sketch of one read in place.
         """
         self.id = segment_id
         self.header = header
@@ -599,7 +672,11 @@ class LoadedSegment:
         self.vectors = np.zeros((0, header.dimension), dtype=np.float32)
         self._raw: np.ndarray | None = None
         if header.count:
-            self._raw = raw = np.memmap(ann_path, dtype=np.uint8, mode="r", offset=offset)
+            # Bounded: a sketch may follow the Annoy file in a segment read in place.
+            shape = None if header.annoy_bytes is None else (header.annoy_bytes,)
+            self._raw = raw = np.memmap(
+                ann_path, dtype=np.uint8, mode="r", offset=offset, shape=shape
+            )
             if not offset:
                 self._index = self._annoy(ann_path)
             at, extra = _ANNOY_LAYOUT[header.metric]
@@ -659,15 +736,21 @@ def load_segment(
     Several processes may share one cache folder (gunicorn workers): if another
     evicts the files between the check and the open, they are fetched again.
 
-    With `in_place`, a segment of a store that keeps objects as local files (a
-    folder) is verified and mapped where it lies: nothing is copied (measured on
-    1M rows, a first query's 77 partitions: copying them was most of its 1.2 s).
-    Its file must outlive nothing but the mapping, which a deletion leaves intact.
+    With `in_place`, a segment is verified and mapped where it lies, nothing
+    copied: a store's own file if it keeps objects as local files (a folder;
+    measured on 1M rows, a first query's 77 partitions: copying them was most of
+    its 1.2 s), else the object downloaded whole as `<id>.seg` (splitting it cost
+    a copy of every byte). The file must outlive nothing but the mapping, which a
+    deletion leaves intact.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     local = store.local_path(key) if in_place else None
     if local is not None:
         found = _in_place(local, segment_id, key, cache_dir)
+        if found is not None:
+            return found
+    elif in_place:
+        found = _downloaded_in_place(store, key, segment_id, cache_dir)
         if found is not None:
             return found
     ann_path = cache_dir / f"{segment_id}.ann"
@@ -697,6 +780,28 @@ def _fetch(
         part.unlink(missing_ok=True)
 
 
+def _downloaded_in_place(
+    store: ObjectStore, key: str, segment_id: str, cache_dir: Path
+) -> LoadedSegment | None:
+    """`load_segment` in place of a remote store: the object downloaded whole into
+    the cache as `<id>.seg` (unless there already), verified and mapped; None for a
+    segment written before headers were padded (read split, from a copy)."""
+    path = cache_dir / f"{segment_id}.seg"
+    for attempt in range(3):
+        if not path.exists():
+            store.download(key, path)
+        try:
+            found = _in_place(path, segment_id, key, cache_dir)
+        except NotFound:  # another process sharing the cache evicted it meanwhile
+            if attempt == 2:
+                raise
+            continue
+        if found is None:
+            path.unlink(missing_ok=True)
+        return found
+    raise AssertionError("unreachable")
+
+
 def _in_place(path: Path, segment_id: str, key: str, cache_dir: Path) -> LoadedSegment | None:
     try:
         with open(path, "rb") as f:
@@ -714,15 +819,21 @@ def _in_place(path: Path, segment_id: str, key: str, cache_dir: Path) -> LoadedS
         return None  # written before headers were padded: read from an aligned copy
     hasher.update(view[_PREFIX_LEN:])  # hashed through the mapping: no copy
     _check_digest(hasher, prefix, segment_id, key)
-    header = bytes(view[_PREFIX_LEN:start])
+    header = SegmentHeader.from_json(bytes(view[_PREFIX_LEN:start]))
     return LoadedSegment(
         segment_id,
-        SegmentHeader.from_json(header),
+        header,
         path,
-        offset=_PREFIX_LEN + len(header),
+        offset=start,
         spill=cache_dir / f"{segment_id}.ann",
-        header_bytes=len(header),
+        # Everything but the Annoy file: the prefix, the header and a sketch.
+        header_bytes=len(view) - (_annoy_bytes(header, len(view) - start) if header.count else 0),
     )
+
+
+def _annoy_bytes(header: SegmentHeader, rest: int) -> int:
+    """The size of a segment's Annoy file, `rest` bytes following its header."""
+    return rest if header.annoy_bytes is None else header.annoy_bytes
 
 
 def _verified_header(f: BinaryIO, segment_id: str, key: str) -> bytes:
@@ -756,9 +867,14 @@ def _header_length(prefix: bytes) -> int:
 def _split_verified(part: Path, segment_id: str, key: str, head_path: Path, ann_path: Path) -> None:
     with open(part, "rb") as f:
         header = _verified_header(f, segment_id, key)
+        annoy_bytes = decode_json(header).get("annoy_bytes")
         tmp_ann = ann_path.with_name(f"{ann_path.name}.{_unique()}.tmp")
         with open(tmp_ann, "wb") as out:
-            shutil.copyfileobj(f, out, 1 << 20)
+            if annoy_bytes is None:
+                shutil.copyfileobj(f, out, 1 << 20)
+            else:  # not the sketch after it
+                for start in range(0, annoy_bytes, CHUNK_BYTES):
+                    out.write(f.read(min(CHUNK_BYTES, annoy_bytes - start)))
     tmp_ann.replace(ann_path)
     tmp_head = head_path.with_name(f"{head_path.name}.{_unique()}.tmp")
     tmp_head.write_bytes(header)

@@ -173,7 +173,8 @@ def _rebuild(
                 f"{built.min_ts}..{built.max_ts}): its masks would not fit"
             )
         key = upload_segment(store, manifests.collection, built)
-        return replace(ref, id=built.id, key=key, bytes=built.size)
+        sketch = None if built.sketch is None else str(built.sketch)
+        return replace(ref, id=built.id, key=key, bytes=built.size, sketch=sketch)
     finally:
         built.path.unlink(missing_ok=True)
 

@@ -99,7 +99,8 @@ class SegmentCache:
 
     Args:
         store: where segments are downloaded from.
-        cache_dir: the folder holding `<id>.ann` and `<id>.json` per segment.
+        cache_dir: the folder holding each segment's object (`<id>.seg`, read in
+            place), or its `<id>.ann` and `<id>.json` (read split).
         max_bytes: the budget; a lookup may exceed it by the segments it needs.
         threads: parallel downloads.
     """
@@ -250,7 +251,7 @@ class SegmentCache:
                     excess -= entry.loaded.size
             for sid in victims:
                 self._bytes -= self._entries.pop(sid).loaded.size
-                for suffix in (".ann", ".json"):
+                for suffix in (".ann", ".json", ".seg"):
                     (self.cache_dir / f"{sid}{suffix}").unlink(missing_ok=True)
 
     def close(self) -> None:

@@ -7,14 +7,20 @@ the segments of the `nprobe` nearest partitions plus every level-0 segment (not
 yet routed); a probe that finds fewer than `k` hits (a selective filter, heavy
 masking) searches the other partitions too, so pruning never answers with fewer
 hits than a full search would. A collection never compacted has no centroids yet
-and is searched in full."""
+and is searched in full.
+
+A segment a query needs that is not cached, and that it would scan, is searched
+from its sketch (`brainy.read.cold`) where a background warm-up will download it
+behind the answer: the first queries of a fresh instance read a fraction of the
+bytes of the segments they probe."""
 
 from __future__ import annotations
 
-import heapq
+import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,37 +34,21 @@ from brainy.core.results import Hit, SearchResult
 from brainy.format.centroids import Centroids, read_centroids
 from brainy.format.partitioning import centroid_scores, probed_partitions
 from brainy.format.segment import LoadedSegment
+from brainy.format.sketch import CorruptSketch
 from brainy.read.cache import CachedSegment, SegmentCache
 from brainy.read.coalesce import Coalescer
+from brainy.read.cold import SketchSearch
 from brainy.read.recall import RecallMonitor, RecallSample
+from brainy.read.scoring import Scored, best_of, scores
 from brainy.read.warmup import BackgroundWarmer, WarmReport
 from brainy.storage import ObjectStore
 from brainy.table.deletions import Masks
 from brainy.table.manifest import Manifest, Manifests, ManifestView, SegmentRef
 
-Scored = tuple[float, str, Any]  # (score, id, metadata)
-
-
-def scores(metric: str, vectors: np.ndarray, query: np.ndarray, norms: np.ndarray | None = None):
-    """Higher is better for every metric: cosine similarity for angular, the inner
-    product for dot, and the negated L2 distance for euclidean."""
-    if metric == "angular":
-        dots = vectors @ query
-        if norms is None:
-            norms = np.linalg.norm(vectors, axis=1)
-        return dots / np.maximum(norms * np.linalg.norm(query), 1e-30)
-    if metric == "dot":
-        return vectors @ query
-    return -np.linalg.norm(vectors - query, axis=1)
-
-
 DEFAULT_RECALL_TARGET = 0.95
-
-
-def best_of(found: list[Scored], k: int) -> list[Scored]:
-    """The best `k` hits, highest score first, ties by id (the same order on
-    every instance)."""
-    return heapq.nsmallest(k, found, key=lambda t: (-t[0], t[1]))
+log = logging.getLogger(__name__)
+# Segment ids `Searcher` remembers reading from sketches (to warm them first).
+_SKETCHED_REMEMBERED = 4096
 
 
 def plan(
@@ -538,6 +528,16 @@ class Searcher:
         )
         self.recall = RecallMonitor(recall_sample, on_sample=on_recall_sample, budget=recall_budget)
         self.coalescer = Coalescer()
+        # Segments not cached are read from their sketches only where something
+        # downloads them behind (a background warm-up), and where a download is
+        # a transfer (a folder's segments are read in place).
+        self._sketches = (
+            SketchSearch(store, self.masks.blocked, 2 * download_threads)
+            if background_warm and store.scheme != "file"
+            else None
+        )
+        # Ids of segments queries read from sketches, newest last: warmed first.
+        self._sketched: OrderedDict[str, None] = OrderedDict()
 
     def centroids(self, key: str) -> Centroids:
         """The centroids object at `key` (one GET per key per process)."""
@@ -623,15 +623,18 @@ class Searcher:
             for ref in refs:
                 (chosen if ref.level == 0 or ref.partition in probed else rest).append(ref)
             refs = chosen
+        refs, cold = self._split_cold(refs, schema, filters, recall_target)
         found = self._search_segments(
             refs, schema, query, k, filters, recall_target, basis, large_target
         )
+        if cold:
+            found += self._search_cold(cold, schema, query, k, recall_target, basis, large_target)
         if len(found) < k and rest:
             found += self._search_segments(
                 rest, schema, query, k, filters, recall_target, basis, large_target
             )
         elif self._background is not None and (
-            any(not self.cache.cached(r) for r in rest) or self._unprojected(refs, basis)
+            cold or any(not self.cache.cached(r) for r in rest) or self._unprojected(refs, basis)
         ):
             # The next query may probe other partitions: fetch them now, behind
             # this answer, rather than in front of that one; and project those
@@ -646,6 +649,54 @@ class Searcher:
                 RecallSample(lambda: self._exact_ids(manifest, schema, query, k, filters), answered)
             )
         return SearchResult(hits, manifest.version)
+
+    def _split_cold(
+        self,
+        refs: list[SegmentRef],
+        schema: CollectionSchema,
+        filters: Mapping[str, Any] | None,
+        recall_target: float,
+    ) -> tuple[list[SegmentRef], list[SegmentRef]]:
+        """`refs` split into those searched as usual and those searched from their
+        sketches: not cached, sketched, scanned rather than searched through Annoy
+        (within `exact_threshold`), for an unfiltered query below recall 1.0 (an
+        exact one reads every row in full; a filter reads the headers)."""
+        if self._sketches is None or filters or recall_target >= 1.0:
+            return refs, []
+        warm: list[SegmentRef] = []
+        cold: list[SegmentRef] = []
+        for ref in refs:
+            sketched = ref.sketch is not None and ref.count <= schema.exact_threshold
+            (cold if sketched and not self.cache.cached(ref) else warm).append(ref)
+        return warm, cold
+
+    def _search_cold(
+        self,
+        cold: list[SegmentRef],
+        schema: CollectionSchema,
+        query: np.ndarray,
+        k: int,
+        recall_target: float,
+        basis: np.ndarray | None,
+        large_target: float,
+    ) -> list[Scored]:
+        """The best `k` of segments not cached, from their sketches; downloaded and
+        searched whole if a sketch fails its check (the segment's own digest then
+        says whether the object or the read was bad)."""
+        assert self._sketches is not None
+        with self._views_lock:
+            for ref in cold:
+                self._sketched[ref.id] = None
+                self._sketched.move_to_end(ref.id)
+            while len(self._sketched) > _SKETCHED_REMEMBERED:
+                self._sketched.popitem(last=False)
+        try:
+            return self._sketches.search(cold, schema.metric, query, k, recall_target)
+        except CorruptSketch as e:
+            log.warning("searching whole segments instead of their sketches: %s", e)
+            return self._search_segments(
+                cold, schema, query, k, None, recall_target, basis, large_target
+            )
 
     def search_shared(
         self,
@@ -839,7 +890,14 @@ class Searcher:
             return WarmReport(collection, 0, 0, 0, 0, 0, 0, time.perf_counter() - started)
         if manifest.centroids is not None:
             self.centroids(manifest.centroids)
-        refs = sorted((ref for ref in manifest.segments if ref.live > 0), key=lambda r: r.level > 0)
+        # Level-0 segments first (every query searches them), then those queries
+        # last read from sketches.
+        with self._views_lock:
+            sketched = set(self._sketched)
+        refs = sorted(
+            (ref for ref in manifest.segments if ref.live > 0),
+            key=lambda r: (r.level > 0, r.id not in sketched),
+        )
         warmed = self.cache.warm(refs, parallel=parallel)
         skipped = set(warmed.skipped)
         centroids = self.centroids(manifest.centroids) if manifest.centroids else None
@@ -915,6 +973,8 @@ class Searcher:
 
     def close(self) -> None:
         self.recall.close()
+        if self._sketches is not None:
+            self._sketches.close()
         if self._background is not None:
             self._background.close()
         self._pool.shutdown(wait=False)

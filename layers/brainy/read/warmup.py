@@ -97,6 +97,8 @@ class BackgroundWarmer:
             try:
                 self._warm(name)
             except Exception:
+                if self._closed:  # closed under it: its downloads were refused
+                    return
                 log.warning("background warm-up of %s failed", name, exc_info=True)
 
     def close(self) -> None:

@@ -51,6 +51,8 @@ DEFAULT_REGION = "us-east-1"
 MiB = 1024 * 1024
 # S3 refuses parts under 5 MiB (except the last); 8 MiB matches boto3's default.
 DEFAULT_PART_SIZE = 8 * MiB
+# A download of up to this many parts is one streamed GET (see `S3Store._download`).
+STREAMED_PARTS = 4
 
 # Error codes S3 and its look-alikes send for throttling, overload and conflicts
 # between concurrent conditional requests: all worth another attempt.
@@ -308,7 +310,19 @@ class S3Store(ObjectStore):
             args["ContinuationToken"] = response["NextContinuationToken"]
 
     def _download(self, key, path) -> None:
+        """One GET streamed to the file; an object larger than `STREAMED_PARTS`
+        parts is abandoned after its headers and fetched in parts, in parallel.
+        s3transfer's machinery (queues, a thread per part, small writes) costs more
+        than it saves on smaller ones: measured against moto, 83 objects of 7 MB,
+        8 at a time, 5.3 s through it against 2.9 s as one stream each."""
         with self._errors("download", key):
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            with contextlib.closing(response["Body"]) as body:
+                if response["ContentLength"] <= STREAMED_PARTS * self.part_size:
+                    with open(path, "wb") as out:
+                        while chunk := body.read(MiB):
+                            out.write(chunk)
+                    return
             self.client.download_file(self.bucket, self._key(key), str(path), Config=self._transfer)
 
     def _upload(self, key, path, if_absent) -> str:

@@ -85,6 +85,8 @@ class SegmentRef:
         source: for a level-0 segment, the batch it was built from (repair).
         lineage: for a compacted segment, the key of the side object naming its
             inputs (repair rebuilds it from them at `base_version`).
+        sketch: where the segment's sketch lies in its object, and its checksum
+            (`SketchSpan`, as text); None: it has none.
     """
 
     id: str
@@ -101,6 +103,7 @@ class SegmentRef:
     source: str | None = None
     lineage: str | None = None
     base_version: int | None = None
+    sketch: str | None = None
 
     @property
     def live(self) -> int:
@@ -122,6 +125,7 @@ class SegmentRef:
             min_ts=built.min_ts,
             max_ts=built.max_ts,
             tombstones=built.tombstones,
+            sketch=None if built.sketch is None else str(built.sketch),
             **fields,
         )
 
