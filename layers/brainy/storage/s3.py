@@ -194,7 +194,7 @@ class S3Store(ObjectStore):
             )
             config = Config(
                 retries={"mode": "standard", "total_max_attempts": 1},
-                max_pool_connections=max(10, 2 * self.max_concurrency),
+                max_pool_connections=max(64, 2 * self.max_concurrency),
                 connect_timeout=10,
                 read_timeout=60,
                 user_agent_extra="brainy",
