@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -226,6 +226,10 @@ class Sketch:
         if self.metric == "euclidean":
             return 2 * dots - self.norms**2
         return dots
+
+    def only(self, rows: np.ndarray) -> Sketch:
+        """This sketch of `rows` alone (copied: the decoded object can go)."""
+        return replace(self, norms=self.norms[rows], codes=self.codes[rows])
 
     def check_rows(self, rows: np.ndarray, vectors: np.ndarray, where: str) -> None:
         """Raise `CorruptSketch` unless `vectors` (full rows read on their own) code

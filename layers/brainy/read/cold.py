@@ -42,10 +42,13 @@ def sketch_candidates(k: int, recall_target: float) -> int:
 
 @dataclass
 class _Scanned:
+    """A segment's best rows by its sketch (of those rows only: a query does not
+    hold every sketch it scanned until it re-ranks)."""
+
     ref: SegmentRef
     sketch: Sketch
-    approx: np.ndarray  # the best rows' estimated scores
-    rows: np.ndarray
+    approx: np.ndarray  # their estimated scores
+    rows: np.ndarray  # increasing
 
 
 class SketchSearch:
@@ -117,9 +120,9 @@ class SketchSearch:
             approx[blocked] = -np.inf
         rows = np.arange(approx.size)
         if approx.size > depth:
-            rows = np.argpartition(-approx, depth - 1)[:depth]
+            rows = np.sort(np.argpartition(-approx, depth - 1)[:depth])
         rows = rows[np.isfinite(approx[rows])]
-        return _Scanned(ref, sketch, approx[rows], rows)
+        return _Scanned(ref, sketch.only(rows), approx[rows], rows)
 
     def _rescore(
         self, scanned: _Scanned, metric: str, query: np.ndarray, rows: np.ndarray
@@ -141,7 +144,7 @@ class SketchSearch:
             span = np.ndarray((last - first + 1, dim), "<f4", data, at, strides=(stride, 4))
             vectors[done : done + group.size] = span[group - first]
             done += group.size
-        scanned.sketch.check_rows(rows, vectors, scanned.ref.key)
+        scanned.sketch.check_rows(np.searchsorted(scanned.rows, rows), vectors, scanned.ref.key)
         # Norms as a cached segment computes them: the same scores, bit for bit.
         norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors)) if metric == "angular" else None
         found = scores(metric, vectors, query, norms)
