@@ -208,3 +208,66 @@ def test_s3_first_query_from_sketches_over_http(store_url: Callable[[str], str],
     _same(cold, _search(warm, queries[0]))
     warm.close()
     reader.close()
+
+
+def test_segments_read_from_sketches_are_cached_behind_the_answer(tmp_path: Path):
+    """Even in a cache too small for the collection: the next such query sends
+    nothing to the store, as after a query that downloaded them first."""
+    url = f"memory://cold-budget-{tmp_path.name}"
+    queries = _collection(url, tmp_path)
+    probe, _ = recording_reader(url, tmp_path)
+    manifest = _newest(probe)
+    probe.close()
+    partitions = [r for r in manifest.segments if r.level > 0]
+    budget = sum(sorted(r.bytes for r in partitions)[-6:])  # about half of them
+    assert budget < sum(r.bytes for r in manifest.segments)
+    reader, store = recording_reader(url, tmp_path, BRAINY_CACHE_SIZE=str(budget))
+    seen = _thread_log(store)
+    cold = _search(reader, queries[0])
+    read = {key for name, _, key in seen if name.startswith("brainy-sketch")}
+    wanted = [r for r in manifest.segments if r.key in read]
+    assert wanted
+    deadline = time.monotonic() + 30
+    while not all(reader.searcher.cache.cached(r) for r in wanted):
+        assert time.monotonic() < deadline, "the segments read from sketches never landed"
+        time.sleep(0.02)
+    time.sleep(0.2)  # let the background warm-up stop at the budget
+    seen.clear()
+    _same(_search(reader, queries[0]), cold)
+    assert seen == []
+    reader.close()
+
+
+def test_a_batch_of_cold_queries_reads_each_sketch_once(tmp_path: Path):
+    """Concurrent queries of a fresh instance (coalesced into one batch) share the
+    reads: no sketch twice, and each query's hits are those it gets alone."""
+    from brainy.core.config import CollectionSchema
+
+    url = f"memory://cold-batch-{tmp_path.name}"
+    queries = _collection(url, tmp_path)
+    warm = make_app(url, tmp_path, "search", BRAINY_BACKGROUND_WARM="false")
+    expected = [_search(warm, q) for q in queries]
+    warm.close()
+    reader, store = recording_reader(url, tmp_path)
+    manifest = _newest(reader)
+    schema = CollectionSchema.from_dict("docs", manifest.schema)
+    spans = {r.key: (r.sketch or "").split(":")[0] for r in manifest.segments}
+    seen: list[tuple[str, str, tuple[int, int] | None]] = []
+    inner, lock = store.inner, threading.Lock()
+
+    def get(key, if_none_match=None, byte_range=None):
+        with lock:
+            seen.append((threading.current_thread().name, key, byte_range))
+        return type(inner)._get(inner, key, if_none_match, byte_range)
+
+    inner._get = get  # type: ignore[method-assign]
+    results = reader.searcher.search_batch(schema, queries, 10)
+    for got, want in zip(results, expected, strict=True):
+        _same([(h.id, h.score, h.metadata) for h in got.hits], want)
+    sketches = [
+        key
+        for name, key, byte_range in seen
+        if byte_range and name.startswith("brainy-sketch") and str(byte_range[0]) == spans[key]
+    ]
+    assert sketches and len(sketches) == len(set(sketches))
+    reader.close()

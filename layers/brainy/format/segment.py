@@ -783,51 +783,97 @@ def _fetch(
 def _downloaded_in_place(
     store: ObjectStore, key: str, segment_id: str, cache_dir: Path
 ) -> LoadedSegment | None:
-    """`load_segment` in place of a remote store: the object downloaded whole into
-    the cache as `<id>.seg` (unless there already), verified and mapped; None for a
-    segment written before headers were padded (read split, from a copy)."""
+    """`load_segment` in place of a remote store: the object downloaded whole,
+    verified, cut short of its sketch (no use once the segment is here: a sixth of
+    a sketched segment's bytes) and kept as `<id>.seg`, then mapped; a `<id>.seg`
+    already there was verified by the process that put it there, as split files
+    are. None for a segment written before headers were padded (read split, from
+    a copy)."""
     path = cache_dir / f"{segment_id}.seg"
     for attempt in range(3):
         if not path.exists():
-            store.download(key, path)
+            part = cache_dir / f"{segment_id}.{_unique()}.part"
+            try:
+                store.download(key, part)
+                if not _trim_verified(part, segment_id, key):
+                    return None
+                part.replace(path)
+            finally:
+                part.unlink(missing_ok=True)
         try:
-            found = _in_place(path, segment_id, key, cache_dir)
+            return _in_place(path, segment_id, key, cache_dir, verify=False)
         except NotFound:  # another process sharing the cache evicted it meanwhile
             if attempt == 2:
                 raise
-            continue
-        if found is None:
-            path.unlink(missing_ok=True)
-        return found
     raise AssertionError("unreachable")
 
 
-def _in_place(path: Path, segment_id: str, key: str, cache_dir: Path) -> LoadedSegment | None:
+def _mapped(path: Path, key: str) -> mmap.mmap:
     try:
         with open(path, "rb") as f:
-            # Unmapped when dropped (an error's traceback may hold a view of it).
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (FileNotFoundError, NotADirectoryError):
         raise NotFound(key) from None
     except ValueError:  # an empty file cannot be mapped
         raise CorruptSegment(f"{key}: not a Brainy segment") from None
-    view = memoryview(mapped)
+
+
+def _layout(
+    view: memoryview, segment_id: str, key: str, verify: bool
+) -> tuple[int, SegmentHeader, int] | None:
+    """(where the Annoy file starts, the header, the Annoy file's size) of the
+    segment object `view`, checked against its digest if `verify`; None for one
+    written before headers were padded."""
     prefix = bytes(view[:_PREFIX_LEN])
-    hasher = xxhash.xxh3_128(_check_prefix(prefix, key))
+    covered = _check_prefix(prefix, key)
     start = _PREFIX_LEN + _header_length(prefix)
     if start % ALIGN:
-        return None  # written before headers were padded: read from an aligned copy
-    hasher.update(view[_PREFIX_LEN:])  # hashed through the mapping: no copy
-    _check_digest(hasher, prefix, segment_id, key)
+        return None
+    if verify:
+        hasher = xxhash.xxh3_128(covered)
+        hasher.update(view[_PREFIX_LEN:])  # hashed through the mapping: no copy
+        _check_digest(hasher, prefix, segment_id, key)
     header = SegmentHeader.from_json(bytes(view[_PREFIX_LEN:start]))
+    return start, header, _annoy_bytes(header, len(view) - start) if header.count else 0
+
+
+def _trim_verified(path: Path, segment_id: str, key: str) -> bool:
+    """Check the segment object at `path` against its digest and cut the file where
+    its Annoy file ends; False (untouched) for one written before headers were
+    padded."""
+    mapped = _mapped(path, key)
+    try:
+        with memoryview(mapped) as view:
+            found = _layout(view, segment_id, key, verify=True)
+    finally:
+        mapped.close()
+    if found is None:
+        return False
+    start, _, annoy = found
+    os.truncate(path, start + annoy)
+    return True
+
+
+def _in_place(
+    path: Path, segment_id: str, key: str, cache_dir: Path, *, verify: bool = True
+) -> LoadedSegment | None:
+    """The segment object at `path` mapped where it lies, checked against its
+    digest unless `verify` is off; None for one written before headers were
+    padded (read from an aligned copy)."""
+    # Unmapped when dropped (an error's traceback may hold a view of it).
+    view = memoryview(_mapped(path, key))
+    found = _layout(view, segment_id, key, verify)
+    if found is None:
+        return None
+    start, header, _ = found
     return LoadedSegment(
         segment_id,
         header,
         path,
         offset=start,
         spill=cache_dir / f"{segment_id}.ann",
-        # Everything but the Annoy file: the prefix, the header and a sketch.
-        header_bytes=len(view) - (_annoy_bytes(header, len(view) - start) if header.count else 0),
+        # Its prefix and header; not a sketch after the Annoy file, never read here.
+        header_bytes=start,
     )
 
 

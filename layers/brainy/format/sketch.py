@@ -207,12 +207,16 @@ class Sketch:
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise CorruptSketch(f"{where}: bad sketch ({e})") from None
 
-    def scores(self, query: np.ndarray) -> np.ndarray:
-        """Every row's score against `query` from its codes, higher is better, in
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """Every row's score against a query from its codes, higher is better, in
         the scale of `brainy.read.scoring.scores` (euclidean: ranked as it, shifted
-        by |q|²): an estimate to pick the rows to re-rank exactly."""
-        weights = query * self.step
-        dots = np.empty(self.count, np.float32)
+        by |q|²): an estimate to pick the rows to re-rank exactly. A matrix of
+        queries (a query a row) gives a column a query."""
+        q = np.asarray(queries, np.float32)
+        single = q.ndim == 1
+        q = q[None, :] if single else q
+        weights = np.ascontiguousarray((q * self.step).T)
+        dots = np.empty((self.count, len(q)), np.float32)
         # Converted a block at a time into one buffer that stays in cache: measured
         # on 4,000 x 384 codes, 0.30 ms against 0.53 ms converting all at once.
         block = np.empty((min(self.count, _SCORE_ROWS), self.dimension), np.float32)
@@ -220,12 +224,12 @@ class Sketch:
             part = block[: len(self.codes[start : start + _SCORE_ROWS])]
             np.copyto(part, self.codes[start : start + len(part)], casting="unsafe")
             np.matmul(part, weights, out=dots[start : start + len(part)])
-        dots += float(query @ self.lo)
+        dots += q @ self.lo
         if self.metric == "angular":
-            return dots / np.maximum(self.norms * np.linalg.norm(query), 1e-30)
-        if self.metric == "euclidean":
-            return 2 * dots - self.norms**2
-        return dots
+            dots /= np.maximum(self.norms[:, None] * np.linalg.norm(q, axis=1), 1e-30)
+        elif self.metric == "euclidean":
+            dots = 2 * dots - (self.norms**2)[:, None]
+        return dots[:, 0] if single else dots
 
     def only(self, rows: np.ndarray) -> Sketch:
         """This sketch of `rows` alone (copied: the decoded object can go)."""

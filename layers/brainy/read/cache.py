@@ -164,6 +164,20 @@ class SegmentCache:
             self._evict(keep={ref.id for ref in refs})
         return result
 
+    def prefetch(self, refs: list[SegmentRef]) -> None:
+        """Load the segments `refs` name that are neither cached nor on their way,
+        without waiting: what a query searched without them (from their sketches)
+        lands as `get_many` would have made it land, pushing others out. Errors
+        are left to the next lookup, which downloads again."""
+        keep = {ref.id for ref in refs}
+        with self._lock:
+            for ref in refs:
+                if ref.id in self._entries or ref.id in self._inflight:
+                    continue
+                fut = self._pool.submit(self._load, ref)
+                self._inflight[ref.id] = fut
+                fut.add_done_callback(lambda _: self._evict(keep))
+
     def cached(self, ref: SegmentRef) -> bool:
         return ref.id in self._entries
 

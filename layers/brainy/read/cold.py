@@ -42,13 +42,14 @@ def sketch_candidates(k: int, recall_target: float) -> int:
 
 @dataclass
 class _Scanned:
-    """A segment's best rows by its sketch (of those rows only: a query does not
-    hold every sketch it scanned until it re-ranks)."""
+    """A segment's best rows by its sketch for each query that searched it (the
+    sketch kept of those rows only: a query does not hold every sketch it scanned
+    until it re-ranks)."""
 
     ref: SegmentRef
     sketch: Sketch
-    approx: np.ndarray  # their estimated scores
-    rows: np.ndarray  # increasing
+    rows: np.ndarray  # increasing: the union of `best`'s rows
+    best: dict[int, tuple[np.ndarray, np.ndarray]]  # query → (estimated scores, rows)
 
 
 class SketchSearch:
@@ -70,64 +71,73 @@ class SketchSearch:
         self._blocked = blocked
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="brainy-sketch")
 
-    def search(
+    def search_batch(
         self,
-        refs: list[SegmentRef],
+        wanted: list[tuple[SegmentRef, np.ndarray]],
         metric: str,
-        query: np.ndarray,
+        queries: np.ndarray,
         k: int,
         recall_target: float,
-    ) -> list[Scored]:
-        """The best `k` rows of `refs` (each with a sketch), best first.
+    ) -> list[list[Scored]]:
+        """The best `k` rows (best first) of the segments `wanted` names (each with
+        a sketch) for each row of `queries`, `wanted` naming the queries (row
+        numbers) that search each segment: each sketch, row and header is read
+        once for all of them.
 
         Raises:
             CorruptSketch: a sketch, header or row fails its check.
             StorageError: a read failed.
         """
         depth = sketch_candidates(k, recall_target)
-        scanned = list(self._pool.map(lambda ref: self._scan(ref, metric, query, depth), refs))
-        scanned = [s for s in scanned if s.rows.size]
-        if not scanned:
-            return []
-        approx = np.concatenate([s.approx for s in scanned])
-        owner = np.repeat(np.arange(len(scanned)), [s.rows.size for s in scanned])
-        rows = np.concatenate([s.rows for s in scanned])
-        if approx.size > depth:
-            keep = np.argpartition(-approx, depth - 1)[:depth]
-            owner, rows = owner[keep], rows[keep]
-        chosen: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(0, np.int64))
-        for i in np.unique(owner).tolist():
-            chosen[i] = np.sort(rows[owner == i])
-        exact = self._pool.map(
-            lambda i: self._rescore(scanned[i], metric, query, chosen[i]), list(chosen)
+        scanned = list(
+            self._pool.map(lambda item: self._scan(*item, metric, queries, depth), wanted)
         )
-        found = [(sc, i, row) for i, part in zip(chosen, exact, strict=True) for sc, row in part]
-        ranked = sorted(found, key=lambda t: -t[0])[:k]
-        winners = sorted({i for _, i, _ in ranked})
-        fetched = self._pool.map(lambda i: self._header(scanned[i]), winners)
-        headers = dict(zip(winners, fetched, strict=True))
-        return [(score, headers[i].ids[row], headers[i].metadata[row]) for score, i, row in ranked]
+        picks = [_pick(scanned, q, depth) for q in range(len(queries))]
+        needed: dict[int, list[np.ndarray]] = defaultdict(list)
+        for owner, rows in picks:
+            for i in np.unique(owner).tolist():
+                needed[i].append(rows[owner == i])
+        union = {i: np.unique(np.concatenate(parts)) for i, parts in needed.items()}
+        fetched = self._pool.map(lambda i: self._read_rows(scanned[i], union[i]), list(union))
+        vectors = dict(zip(union, fetched, strict=True))
+        ranked = [
+            _rank(metric, queries[q], owner, rows, union, vectors, k)
+            for q, (owner, rows) in enumerate(picks)
+        ]
+        winners = sorted({i for best in ranked for _, i, _ in best})
+        read = self._pool.map(lambda i: self._header(scanned[i]), winners)
+        headers = dict(zip(winners, read, strict=True))
+        return [
+            [(score, headers[i].ids[row], headers[i].metadata[row]) for score, i, row in best]
+            for best in ranked
+        ]
 
     def _header(self, scanned: _Scanned) -> SegmentHeader:
         return read_sketched_header(self.store, scanned.ref.key, scanned.sketch)
 
-    def _scan(self, ref: SegmentRef, metric: str, query: np.ndarray, depth: int) -> _Scanned:
+    def _scan(
+        self, ref: SegmentRef, who: np.ndarray, metric: str, queries: np.ndarray, depth: int
+    ) -> _Scanned:
         assert ref.sketch is not None
         sketch = read_sketch(self.store, ref.key, SketchSpan.parse(ref.sketch))
-        approx = sketch.scores(query)
+        approx = sketch.scores(queries[who])
         blocked = self._blocked(ref)
         if blocked is not None:
             approx[blocked] = -np.inf
-        rows = np.arange(approx.size)
-        if approx.size > depth:
-            rows = np.sort(np.argpartition(-approx, depth - 1)[:depth])
-        rows = rows[np.isfinite(approx[rows])]
-        return _Scanned(ref, sketch.only(rows), approx[rows], rows)
+        best: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for j, q in enumerate(who.tolist()):
+            column = approx[:, j]
+            rows = np.arange(column.size)
+            if column.size > depth:
+                rows = np.argpartition(-column, depth - 1)[:depth]
+            rows = rows[np.isfinite(column[rows])]
+            best[q] = (column[rows], rows)
+        kept = np.unique(np.concatenate([np.zeros(0, np.int64), *(r for _, r in best.values())]))
+        return _Scanned(ref, sketch.only(kept), kept, best)
 
-    def _rescore(
-        self, scanned: _Scanned, metric: str, query: np.ndarray, rows: np.ndarray
-    ) -> list[tuple[float, int]]:
-        """`rows` (increasing) of a segment read on their own and scored exactly."""
+    def _read_rows(self, scanned: _Scanned, rows: np.ndarray) -> np.ndarray:
+        """The full vectors of `rows` (increasing) of a segment, read on their own
+        (neighbours by one GET) and checked against its sketch."""
         start, stride, at = scanned.sketch.vectors
         dim = scanned.sketch.dimension
         vectors = np.empty((rows.size, dim), np.float32)
@@ -145,10 +155,44 @@ class SketchSearch:
             vectors[done : done + group.size] = span[group - first]
             done += group.size
         scanned.sketch.check_rows(np.searchsorted(scanned.rows, rows), vectors, scanned.ref.key)
-        # Norms as a cached segment computes them: the same scores, bit for bit.
-        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors)) if metric == "angular" else None
-        found = scores(metric, vectors, query, norms)
-        return list(zip(found.tolist(), rows.tolist(), strict=True))
+        return vectors
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _pick(scanned: list[_Scanned], q: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Query `q`'s best `depth` rows by estimate over every segment it searched:
+    (the index in `scanned` of each one's segment, its row)."""
+    parts = [(i, s.best[q]) for i, s in enumerate(scanned) if q in s.best]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    approx = np.concatenate([a for _, (a, _) in parts])
+    owner = np.repeat([i for i, _ in parts], [a.size for _, (a, _) in parts])
+    rows = np.concatenate([r for _, (_, r) in parts])
+    if approx.size > depth:
+        keep = np.argpartition(-approx, depth - 1)[:depth]
+        owner, rows = owner[keep], rows[keep]
+    return owner, rows
+
+
+def _rank(
+    metric: str,
+    query: np.ndarray,
+    owner: np.ndarray,
+    rows: np.ndarray,
+    union: dict[int, np.ndarray],
+    vectors: dict[int, np.ndarray],
+    k: int,
+) -> list[tuple[float, int, int]]:
+    """The best `k` of a query's picks (see `_pick`) scored exactly: (score, index
+    in `scanned`, row), best first."""
+    found: list[tuple[float, int, int]] = []
+    for i in np.unique(owner).tolist():
+        mine = rows[owner == i]
+        picked = vectors[i][np.searchsorted(union[i], mine)]
+        # Norms as a cached segment computes them: the same scores, bit for bit.
+        norms = np.sqrt(np.einsum("ij,ij->i", picked, picked)) if metric == "angular" else None
+        exact = scores(metric, picked, query, norms)
+        found += [(sc, i, row) for sc, row in zip(exact.tolist(), mine.tolist(), strict=True)]
+    return sorted(found, key=lambda t: -t[0])[:k]

@@ -20,7 +20,6 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -48,8 +47,6 @@ from brainy.table.manifest import Manifest, Manifests, ManifestView, SegmentRef
 DEFAULT_RECALL_TARGET = 0.95
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# Segment ids `Searcher` remembers reading from sketches (to warm them first).
-_SKETCHED_REMEMBERED = 4096
 
 
 def plan(
@@ -551,8 +548,6 @@ class Searcher:
             if background_warm and store.scheme != "file"
             else None
         )
-        # Ids of segments queries read from sketches, newest last: warmed first.
-        self._sketched: OrderedDict[str, None] = OrderedDict()
 
     def centroids(self, key: str) -> Centroids:
         """The centroids object at `key` (one GET per key per process)."""
@@ -639,22 +634,23 @@ class Searcher:
                 (chosen if ref.level == 0 or ref.partition in probed else rest).append(ref)
             refs = chosen
         refs, cold = self._split_cold(refs, schema, filters, recall_target)
-        sketched: Future[list[Scored]] | None = None
-        if cold and not all(self.cache.cached(r) for r in refs):
-            # Segments to download too (past `exact_threshold`, or unsketched): the
-            # sketches are read meanwhile.
-            sketched = _in_thread(
-                lambda: self._search_cold(
-                    cold, schema, query, k, recall_target, basis, large_target
-                )
-            )
+        alone = np.zeros(1, np.int64)
+        sketched: Future[list[list[Scored]]] | None = None
+        if cold:
+            # Beside any segment still to download (past `exact_threshold`, or
+            # unsketched); else on this thread.
+            sketched = Future()
+            work = [(ref, alone) for ref in cold]
+            args = (work, schema, query[None, :], k, recall_target, basis, large_target)
+            if all(self.cache.cached(r) for r in refs):
+                sketched.set_result(self._search_cold(*args))
+            else:
+                sketched = _in_thread(lambda: self._search_cold(*args))
         found = self._search_segments(
             refs, schema, query, k, filters, recall_target, basis, large_target
         )
         if sketched is not None:
-            found += sketched.result()
-        elif cold:
-            found += self._search_cold(cold, schema, query, k, recall_target, basis, large_target)
+            found += sketched.result()[0]
         if len(found) < k and rest:
             found += self._search_segments(
                 rest, schema, query, k, filters, recall_target, basis, large_target
@@ -698,30 +694,28 @@ class Searcher:
 
     def _search_cold(
         self,
-        cold: list[SegmentRef],
+        cold: list[tuple[SegmentRef, np.ndarray]],
         schema: CollectionSchema,
-        query: np.ndarray,
+        queries: np.ndarray,
         k: int,
         recall_target: float,
         basis: np.ndarray | None,
         large_target: float,
-    ) -> list[Scored]:
-        """The best `k` of segments not cached, from their sketches; downloaded and
-        searched whole if a sketch fails its check (the segment's own digest then
-        says whether the object or the read was bad)."""
+    ) -> list[list[Scored]]:
+        """The best `k` of segments not cached for each query (see
+        `_search_batch_segments`), from their sketches, the segments downloaded
+        behind (as a query that waited for them would have cached them);
+        downloaded first and searched whole if a sketch fails its check (the
+        segment's own digest then says whether the object or the read was bad)."""
         assert self._sketches is not None
-        with self._views_lock:
-            for ref in cold:
-                self._sketched[ref.id] = None
-                self._sketched.move_to_end(ref.id)
-            while len(self._sketched) > _SKETCHED_REMEMBERED:
-                self._sketched.popitem(last=False)
         try:
-            return self._sketches.search(cold, schema.metric, query, k, recall_target)
+            found = self._sketches.search_batch(cold, schema.metric, queries, k, recall_target)
+            self.cache.prefetch([ref for ref, _ in cold])
+            return found
         except CorruptSketch as e:
             log.warning("searching whole segments instead of their sketches: %s", e)
-            return self._search_segments(
-                cold, schema, query, k, None, recall_target, basis, large_target
+            return self._search_batch_segments(
+                cold, len(queries), schema, queries, k, None, recall_target, basis, large_target
             )
 
     def search_shared(
@@ -787,9 +781,22 @@ class Searcher:
                     wanted.append((ref, who))
                 for q in np.flatnonzero(~probed[:, ref.partition]).tolist():
                     rest[q].append(ref)
-        found = self._search_batch_segments(
-            wanted, m, schema, queries, k, filters, recall_target, basis, large_target
-        )
+        cold = self._split_cold([ref for ref, _ in wanted], schema, filters, recall_target)[1]
+        if cold:
+            sketched = {ref.id for ref in cold}
+            found = self._search_cold(
+                [item for item in wanted if item[0].id in sketched],
+                schema, queries, k, recall_target, basis, large_target,
+            )  # fmt: skip
+            wanted = [item for item in wanted if item[0].id not in sketched]
+        else:
+            found = [[] for _ in range(m)]
+        for q, hits in enumerate(
+            self._search_batch_segments(
+                wanted, m, schema, queries, k, filters, recall_target, basis, large_target
+            )
+        ):
+            found[q] += hits
         results = []
         for q in range(m):
             if len(found[q]) < k and rest[q]:
@@ -916,14 +923,7 @@ class Searcher:
             return WarmReport(collection, 0, 0, 0, 0, 0, 0, time.perf_counter() - started)
         if manifest.centroids is not None:
             self.centroids(manifest.centroids)
-        # Level-0 segments first (every query searches them), then those queries
-        # last read from sketches.
-        with self._views_lock:
-            sketched = set(self._sketched)
-        refs = sorted(
-            (ref for ref in manifest.segments if ref.live > 0),
-            key=lambda r: (r.level > 0, r.id not in sketched),
-        )
+        refs = sorted((ref for ref in manifest.segments if ref.live > 0), key=lambda r: r.level > 0)
         warmed = self.cache.warm(refs, parallel=parallel)
         skipped = set(warmed.skipped)
         centroids = self.centroids(manifest.centroids) if manifest.centroids else None
