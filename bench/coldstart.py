@@ -11,7 +11,9 @@ an empty cache:
 
 * `first_query`: the first search's latency, the store requests it sent by kind
   and the bytes it read, as the search function runs (background warming on: the
-  segments it probes are read from their sketches and downloaded behind it);
+  segments it probes are read from their sketches and downloaded behind it); the
+  cache's loads apart (`loads`, `loaded_bytes`: segments it waited for, or that
+  started downloading behind it before it returned);
 * `background`: the time until every live segment is cached, from that query;
 * `warm_query_p50_ms`, `warm_query_requests`: another query, repeated once cached;
 * `first_query_whole_segments`: the same first query with background warming off,
@@ -94,13 +96,16 @@ def _query(app: Brainy, vector: np.ndarray, collection: str) -> float:
 
 
 class _Traffic:
-    """Requests by kind and bytes read (GETs and downloads) through a store."""
+    """Requests by kind and bytes read (GETs and downloads) through a store: those
+    of the querying threads apart from those of the cache's download threads
+    (segments a query waited for, or fetched behind its answer)."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.requests: Counter[str] = Counter()
-        self.bytes = 0
+        self.loads: Counter[str] = Counter()
+        self.bytes = self.loaded_bytes = 0
         self._lock = threading.Lock()
-        store.add_observer(lambda kind: self.requests.update([kind]))
+        store.add_observer(self._count)
         get, download = store.get, store.download
 
         def counted_get(key: str, **kw: Any) -> Any:
@@ -115,16 +120,34 @@ class _Traffic:
         store.get = counted_get  # type: ignore[method-assign]
         store.download = counted_download  # type: ignore[method-assign]
 
+    def _count(self, kind: str) -> None:
+        (self.loads if _loading() else self.requests).update([kind])
+
     def _add(self, n: int) -> None:
         with self._lock:
-            self.bytes += n
+            if _loading():
+                self.loaded_bytes += n
+            else:
+                self.bytes += n
 
     def take(self) -> dict[str, Any]:
+        """What went by since the last `take`, as of now (loads under way count as
+        requests, their bytes once they land)."""
         with self._lock:
-            out = {"requests": dict(self.requests), "bytes": self.bytes}
+            out = {
+                "requests": dict(self.requests),
+                "bytes": self.bytes,
+                "loads": dict(self.loads),
+                "loaded_bytes": self.loaded_bytes,
+            }
             self.requests.clear()
-            self.bytes = 0
+            self.loads.clear()
+            self.bytes = self.loaded_bytes = 0
         return out
+
+
+def _loading() -> bool:
+    return threading.current_thread().name.startswith("brainy-download")
 
 
 def measure(
@@ -156,7 +179,8 @@ def measure(
     traffic.take()
     warm = [_query(reader, queries[1], collection) for _ in range(20)]
     out["warm_query_p50_ms"] = round(statistics.median(warm) * 1000, 3)
-    out["warm_query_requests"] = sum(traffic.take()["requests"].values())
+    after = traffic.take()
+    out["warm_query_requests"] = sum(after["requests"].values()) + sum(after["loads"].values())
     reader.close()
 
     # Without background warming: the probed segments are downloaded whole first.

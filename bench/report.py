@@ -117,9 +117,11 @@ def _cold(measured: dict[str, Any], store: str) -> str:
         return "-"
     first, total = measured[store]["first_query"], measured[store]["collection"]
     whole = measured[store].get("first_query_whole_segments")
-    line = f"{first['seconds']:.2f} s ({_mb(first['bytes'])} of {_mb(total['bytes'])} read)"
+    line = f"{first['seconds']:.2f} s ({_mb(first['bytes'])} of {_mb(total['bytes'])} read"
+    line += f", {first.get('loaded_bytes', 0) / 1e6:,.0f} MB loaded)"
     if whole:
-        line += f"; whole segments: {whole['seconds']:.2f} s ({_mb(whole['bytes'])})"
+        loaded = whole["bytes"] + whole.get("loaded_bytes", 0)
+        line += f"; whole segments: {whole['seconds']:.2f} s ({_mb(loaded)})"
     return line
 
 

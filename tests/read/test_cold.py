@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from brainy.maintenance.compaction import compact
+from brainy.read import search as search_module
 from brainy.service.app import Brainy
 from brainy.storage import Blob
 from brainy.table.manifest import Manifest, Manifests
@@ -22,6 +23,12 @@ from faults import FaultyStore
 from helpers import declare, make_app, recording_reader
 
 ROWS, DIM, PARTITIONS = 6_000, 24, 12
+
+
+@pytest.fixture(autouse=True)
+def sketch_small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These segments are tiny: read their sketches all the same."""
+    monkeypatch.setattr(search_module, "SKETCH_MIN_BYTES", 0)
 
 
 def _collection(url: str, tmp_path: Path, metric: str = "angular") -> np.ndarray:
@@ -270,4 +277,19 @@ def test_a_batch_of_cold_queries_reads_each_sketch_once(tmp_path: Path):
         if byte_range and name.startswith("brainy-sketch") and str(byte_range[0]) == spans[key]
     ]
     assert sketches and len(sketches) == len(set(sketches))
+    reader.close()
+
+
+def test_a_few_small_segments_are_downloaded_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Below `SKETCH_MIN_BYTES` a download costs about what the round trips of
+    sketch, rows and headers do, and leaves the segments cached."""
+    url = f"memory://cold-small-{tmp_path.name}"
+    queries = _collection(url, tmp_path)
+    reader, store = recording_reader(url, tmp_path)
+    probed = sum(r.bytes for r in _newest(reader).segments)
+    monkeypatch.setattr(search_module, "SKETCH_MIN_BYTES", probed + 1)
+    seen = _thread_log(store)
+    _search(reader, queries[0])
+    assert not any(name.startswith("brainy-sketch") for name, _, _ in seen)
+    assert any(op == "download" for _, op, _ in seen)
     reader.close()

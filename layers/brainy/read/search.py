@@ -45,6 +45,10 @@ from brainy.table.deletions import Masks
 from brainy.table.manifest import Manifest, Manifests, ManifestView, SegmentRef
 
 DEFAULT_RECALL_TARGET = 0.95
+# A query reads the sketches of the segments it needs that are not cached only if
+# they come to this many bytes (see `Searcher._split_cold`): at the ~100 MB/s one
+# instance reads from S3, less takes a few round trips' time to download whole.
+SKETCH_MIN_BYTES = 64 * 2**20
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -637,8 +641,8 @@ class Searcher:
         alone = np.zeros(1, np.int64)
         sketched: Future[list[list[Scored]]] | None = None
         if cold:
-            # Beside any segment still to download (past `exact_threshold`, or
-            # unsketched); else on this thread.
+            # Beside any segment still to download (one without a sketch); else on
+            # this thread.
             sketched = Future()
             work = [(ref, alone) for ref in cold]
             args = (work, schema, query[None, :], k, recall_target, basis, large_target)
@@ -670,6 +674,9 @@ class Searcher:
             self.recall.submit(
                 RecallSample(lambda: self._exact_ids(manifest, schema, query, k, filters), answered)
             )
+        # Those read from sketches, downloaded behind the answer, as a query that
+        # waited for them would have left them.
+        self.cache.prefetch(cold)
         return SearchResult(hits, manifest.version)
 
     def _split_cold(
@@ -680,16 +687,20 @@ class Searcher:
         recall_target: float,
     ) -> tuple[list[SegmentRef], list[SegmentRef]]:
         """`refs` split into those searched as usual and those searched from their
-        sketches: not cached, sketched, scanned rather than searched through Annoy
-        (within `exact_threshold`), for an unfiltered query below recall 1.0 (an
-        exact one reads every row in full; a filter reads the headers)."""
+        sketches: not cached and sketched, for an unfiltered query below recall 1.0
+        (an exact one reads every row in full; a filter reads the headers), where
+        they come to `SKETCH_MIN_BYTES` (below it, downloading them whole costs
+        about what the round trips of sketch, rows and headers do, and caches them).
+        A segment searched through Annoy once cached is scanned from its sketch
+        (more exact, not less)."""
         if self._sketches is None or filters or recall_target >= 1.0:
             return refs, []
         warm: list[SegmentRef] = []
         cold: list[SegmentRef] = []
         for ref in refs:
-            sketched = ref.sketch is not None and ref.count <= schema.exact_threshold
-            (cold if sketched and not self.cache.cached(ref) else warm).append(ref)
+            (cold if ref.sketch is not None and not self.cache.cached(ref) else warm).append(ref)
+        if sum(ref.bytes for ref in cold) < SKETCH_MIN_BYTES:
+            return refs, []
         return warm, cold
 
     def _search_cold(
@@ -703,15 +714,13 @@ class Searcher:
         large_target: float,
     ) -> list[list[Scored]]:
         """The best `k` of segments not cached for each query (see
-        `_search_batch_segments`), from their sketches, the segments downloaded
-        behind (as a query that waited for them would have cached them);
-        downloaded first and searched whole if a sketch fails its check (the
-        segment's own digest then says whether the object or the read was bad)."""
+        `_search_batch_segments`), from their sketches (the caller has them
+        downloaded behind its answer, see `SegmentCache.prefetch`); downloaded
+        first and searched whole if a sketch fails its check (the segment's own
+        digest then says whether the object or the read was bad)."""
         assert self._sketches is not None
         try:
-            found = self._sketches.search_batch(cold, schema.metric, queries, k, recall_target)
-            self.cache.prefetch([ref for ref, _ in cold])
-            return found
+            return self._sketches.search_batch(cold, schema.metric, queries, k, recall_target)
         except CorruptSketch as e:
             log.warning("searching whole segments instead of their sketches: %s", e)
             return self._search_batch_segments(
@@ -782,7 +791,7 @@ class Searcher:
                 for q in np.flatnonzero(~probed[:, ref.partition]).tolist():
                     rest[q].append(ref)
         cold = self._split_cold([ref for ref, _ in wanted], schema, filters, recall_target)[1]
-        if cold:
+        if cold and m:
             sketched = {ref.id for ref in cold}
             found = self._search_cold(
                 [item for item in wanted if item[0].id in sketched],
@@ -809,6 +818,7 @@ class Searcher:
                 SearchResult([Hit(rid, sc, meta) for sc, rid, meta in best], manifest.version)
             )
         self.vectors_served += sum(len(r.hits) for r in results)
+        self.cache.prefetch(cold)  # as `search` does
         return results
 
     def _search_batch_segments(
