@@ -222,3 +222,32 @@ def test_problems_only_an_operator_can_fix_are_reported_as_such(tmp_path: Path):
     assert sorted(p.kind for p in report.problems) == [BAD_MASK, STATS_MISMATCH]
     fixed = repair(app.maintenance, "docs", report)
     assert sorted(u["kind"] for u in fixed.unrepaired) == [BAD_MASK, STATS_MISMATCH]
+
+
+def test_a_sketch_the_ref_misplaces_is_found_and_rebuilt(tmp_path: Path):
+    """A cold query reads a segment's sketch where its ref says: a deep verify
+    reads it there too, and repair writes the segment (and its ref) anew."""
+    url = f"memory://verify-sketch-{time.time_ns()}"
+    app, keys = _collection(url, tmp_path)
+    expected = model_of(app.store, keys)
+    first = app.manifests("docs").latest().segments[0]
+    assert first.sketch is not None
+    offset, length, checksum = first.sketch.split(":")
+    _commit(
+        app,
+        lambda m: replace(
+            m,
+            segments=(
+                replace(m.segments[0], sketch=f"{int(offset) + 64}:{length}:{checksum}"),
+                *m.segments[1:],
+            ),
+        ),
+    )
+    report = verify(app.store, "docs")
+    assert _kinds(report) == {first.key: CORRUPT_SEGMENT}
+    assert "sketch" in report.problems[0].detail
+    assert verify(app.store, "docs", deep=False).ok
+    fixed = repair(app.maintenance, "docs", report)
+    assert fixed.ok, fixed.unrepaired
+    assert verify(app.store, "docs").ok
+    assert live_state(url, "docs") == expected

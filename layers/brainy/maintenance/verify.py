@@ -27,7 +27,14 @@ from brainy.core.config import AUTO
 from brainy.format.batch import Batch, CorruptBatch
 from brainy.format.centroids import CorruptCentroids, read_centroids
 from brainy.format.deletes import CorruptDeletionFile
-from brainy.format.segment import CorruptSegment, SegmentHeader, load_segment, read_segment_header
+from brainy.format.segment import (
+    CorruptSegment,
+    SegmentHeader,
+    load_segment,
+    read_segment_header,
+    read_sketch,
+)
+from brainy.format.sketch import CorruptSketch, SketchSpan
 from brainy.maintenance.context import Progress
 from brainy.storage import NotFound, ObjectStore
 from brainy.table.deletions import Masks
@@ -206,6 +213,11 @@ def _check_segment(
                 loaded.index.unload()
             for suffix in (".ann", ".json"):
                 (tmp / f"{ref.id}{suffix}").unlink(missing_ok=True)
+            if ref.sketch is not None:
+                # What a cold query reads in its place: where the ref says, as it says.
+                sketch = read_sketch(store, ref.key, SketchSpan.parse(ref.sketch))
+                if sketch.count != ref.count:
+                    raise CorruptSketch(f"sketch of {sketch.count} rows, ref says {ref.count}")
         else:
             header = read_segment_header(store, ref.key)
     except NotFound:
