@@ -84,6 +84,12 @@ def test_the_sketch_leads_to_the_rows_and_header_it_describes(tmp_path: Path):
         sketch.check_rows(np.array([row]), bent[None, :], key)
     header = read_sketched_header(store, key, sketch)
     assert header.ids[row] == f"id-{row}" and header.metadata[row] == {"i": row}
+    # A query keeps its candidates' part only: nothing of the bytes read.
+    kept = sketch.only(np.array([row]))
+    assert kept.count == 1 and np.array_equal(kept.codes[0], sketch.codes[row])
+    for name in ("lo", "step", "norms", "codes"):
+        assert not np.shares_memory(getattr(kept, name), getattr(sketch, name)), name
+    kept.check_rows(np.array([0]), got[None, :], key)
 
 
 def test_a_sketch_that_fails_its_checksum_is_refused(tmp_path: Path):

@@ -13,11 +13,10 @@ memory-mapped index). A segment of deletes only has no Annoy file. The segment
 id is the digest; every build carries a nonce, so two builds of the same rows
 are two segments (see `upload_segment`).
 
-A segment small enough to be scanned rather than searched through its trees (up
-to the collection's `exact_threshold`) ends with a sketch of its rows
-(`brainy.format.sketch`), at the first 64-byte boundary after its Annoy file
-(`annoy_bytes` long, as the header says): what a search reads of a segment it has
-not cached.
+A segment of up to `SKETCHED_ROWS` rows (or the collection's `exact_threshold`,
+if more) ends with a sketch of its rows (`brainy.format.sketch`), at the first
+64-byte boundary after its Annoy file (`annoy_bytes` long, as the header says):
+what a search reads of a segment it has not cached.
 
 Tombstones live in segments rather than in the manifest, so the manifest grows
 with segments only: a tombstone is written once with the batch that deleted the
@@ -167,7 +166,7 @@ def build_segment(
     dim = vectors.dimension
     workdir.mkdir(parents=True, exist_ok=True)
     sketched = n > 0 and sketch_up_to is not None and n <= sketch_up_to
-    stats = RowStats.of((), dim, n) if sketched else None
+    stats = RowStats.empty(dim, n) if sketched else None
     ann_path = _build_annoy(vectors, metric, n_trees, seed, workdir, threads, stats) if n else None
     calibration = None
     if ann_path is not None and calibrate_above is not None and n > calibrate_above:
@@ -665,8 +664,8 @@ class LoadedSegment:
                 first use (Annoy loads a file of its own, unlinked once mapped);
                 vectors need no copy.
             header_bytes: what the segment holds beside its Annoy file: its header
-                (default: the size of its `.json` beside `ann_path`), and the
-                sketch of one read in place.
+                (default: the size of its `.json` beside `ann_path`; read in
+                place, its prefix and header, not a sketch after the Annoy file).
         """
         self.id = segment_id
         self.header = header

@@ -76,17 +76,13 @@ class RowStats:
     norms: np.ndarray
 
     @classmethod
-    def of(cls, chunks: Iterable[np.ndarray], dimension: int, count: int) -> RowStats:
-        stats = cls(
+    def empty(cls, dimension: int, count: int) -> RowStats:
+        """Stats of `count` rows to come (see `add`)."""
+        return cls(
             np.full(dimension, np.inf, np.float32),
             np.full(dimension, -np.inf, np.float32),
             np.empty(count, np.float32),
         )
-        at = 0
-        for chunk in chunks:
-            stats.add(chunk, at)
-            at += len(chunk)
-        return stats
 
     def add(self, chunk: np.ndarray, first: int) -> None:
         """Rows `first` onwards."""
@@ -232,8 +228,15 @@ class Sketch:
         return dots[:, 0] if single else dots
 
     def only(self, rows: np.ndarray) -> Sketch:
-        """This sketch of `rows` alone (copied: the decoded object can go)."""
-        return replace(self, norms=self.norms[rows], codes=self.codes[rows])
+        """This sketch of `rows` alone, holding nothing of the bytes it was decoded
+        from (its arrays are views of them), so that those can go."""
+        return replace(
+            self,
+            lo=self.lo.copy(),
+            step=self.step.copy(),
+            norms=self.norms[rows],
+            codes=self.codes[rows],
+        )
 
     def check_rows(self, rows: np.ndarray, vectors: np.ndarray, where: str) -> None:
         """Raise `CorruptSketch` unless `vectors` (full rows read on their own) code

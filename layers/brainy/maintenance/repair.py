@@ -173,8 +173,7 @@ def _rebuild(
                 f"{built.min_ts}..{built.max_ts}): its masks would not fit"
             )
         key = upload_segment(store, manifests.collection, built)
-        sketch = None if built.sketch is None else str(built.sketch)
-        return replace(ref, id=built.id, key=key, bytes=built.size, sketch=sketch)
+        return ref.rebuilt(built, key)
     finally:
         built.path.unlink(missing_ok=True)
 

@@ -176,6 +176,8 @@ class SegmentCache:
                     continue
                 fut = self._pool.submit(self._load, ref)
                 self._inflight[ref.id] = fut
+                # Not done yet (its load ends under this lock), so the callback runs
+                # on the download thread, not here under the lock it takes.
                 fut.add_done_callback(lambda _: self._evict(keep))
 
     def cached(self, ref: SegmentRef) -> bool:

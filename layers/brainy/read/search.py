@@ -638,23 +638,20 @@ class Searcher:
                 (chosen if ref.level == 0 or ref.partition in probed else rest).append(ref)
             refs = chosen
         refs, cold = self._split_cold(refs, schema, filters, recall_target)
-        alone = np.zeros(1, np.int64)
-        sketched: Future[list[list[Scored]]] | None = None
-        if cold:
-            # Beside any segment still to download (one without a sketch); else on
-            # this thread.
-            sketched = Future()
-            work = [(ref, alone) for ref in cold]
-            args = (work, schema, query[None, :], k, recall_target, basis, large_target)
-            if all(self.cache.cached(r) for r in refs):
-                sketched.set_result(self._search_cold(*args))
-            else:
-                sketched = _in_thread(lambda: self._search_cold(*args))
+
+        def search_cold() -> list[Scored]:
+            work = [(ref, np.zeros(1, np.int64)) for ref in cold]
+            args = (schema, query[None, :], k, recall_target, basis, large_target)
+            return self._search_cold(work, *args)[0]
+
+        pending = None
+        if cold and not all(self.cache.cached(r) for r in refs):
+            pending = _in_thread(search_cold)  # beside the downloads (unsketched segments)
         found = self._search_segments(
             refs, schema, query, k, filters, recall_target, basis, large_target
         )
-        if sketched is not None:
-            found += sketched.result()[0]
+        if cold:
+            found += search_cold() if pending is None else pending.result()
         if len(found) < k and rest:
             found += self._search_segments(
                 rest, schema, query, k, filters, recall_target, basis, large_target

@@ -125,9 +125,13 @@ class SegmentRef:
             min_ts=built.min_ts,
             max_ts=built.max_ts,
             tombstones=built.tombstones,
-            sketch=None if built.sketch is None else str(built.sketch),
+            sketch=_sketch(built),
             **fields,
         )
+
+    def rebuilt(self, built: BuiltSegment, key: str) -> SegmentRef:
+        """This ref, its segment built again (same rows) and uploaded at `key`."""
+        return replace(self, id=built.id, key=key, bytes=built.size, sketch=_sketch(built))
 
     def to_dict(self) -> dict[str, Any]:
         # Defaults are left out: this is most of the manifest's bytes.
@@ -142,6 +146,10 @@ class SegmentRef:
     def from_dict(cls, d: dict[str, Any]) -> SegmentRef:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _sketch(built: BuiltSegment) -> str | None:
+    return None if built.sketch is None else str(built.sketch)
 
 
 @dataclass(frozen=True)
