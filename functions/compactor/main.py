@@ -22,8 +22,10 @@ def _compact(app, request: Request) -> Response:
     return web.json_response(200 if ok else 500, {"collections": reports})
 
 
+ROUTES: web.Routes = {("POST", "/compact"): _compact, ("POST", "/"): _compact}
+web.serve_directly("compactor", ROUTES)
+
+
 @functions_framework.http
 def compactor(request: Request) -> Response:
-    return web.serve(
-        request, "compactor", {("POST", "/compact"): _compact, ("POST", "/"): _compact}
-    )
+    return web.serve(request, "compactor", ROUTES)

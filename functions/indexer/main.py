@@ -20,6 +20,10 @@ def _index(app, request: Request) -> Response:
     return web.json_response(200, {"results": [r.__dict__ for r in results]})
 
 
+ROUTES: web.Routes = {("POST", "/"): _index, ("POST", "/index"): _index}
+web.serve_directly("indexer", ROUTES)
+
+
 @functions_framework.http
 def indexer(request: Request) -> Response:
-    return web.serve(request, "indexer", {("POST", "/"): _index, ("POST", "/index"): _index})
+    return web.serve(request, "indexer", ROUTES)

@@ -14,6 +14,10 @@ def _ingest(app, request: Request) -> Response:
     return web.json_response(202, outcome.to_dict())
 
 
+ROUTES: web.Routes = {("POST", "/ingest"): _ingest, ("POST", "/"): _ingest}
+web.serve_directly("ingest", ROUTES)
+
+
 @functions_framework.http
 def ingest(request: Request) -> Response:
-    return web.serve(request, "ingest", {("POST", "/ingest"): _ingest, ("POST", "/"): _ingest})
+    return web.serve(request, "ingest", ROUTES)

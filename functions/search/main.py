@@ -50,16 +50,15 @@ def _start(app) -> None:
 web.start_after_fork("search", _start)
 
 
+ROUTES: web.Routes = {
+    ("POST", "/search"): _search,
+    ("POST", "/"): _search,
+    ("POST", "/warmup"): _warmup,
+    ("POST", "/events"): _events,
+}
+web.serve_directly("search", ROUTES, on_start=_start)
+
+
 @functions_framework.http
 def search(request: Request) -> Response:
-    return web.serve(
-        request,
-        "search",
-        {
-            ("POST", "/search"): _search,
-            ("POST", "/"): _search,
-            ("POST", "/warmup"): _warmup,
-            ("POST", "/events"): _events,
-        },
-        on_start=_start,
-    )
+    return web.serve(request, "search", ROUTES, on_start=_start)
