@@ -18,6 +18,7 @@ from brainy.format.centroids import (
     write_centroids,
 )
 from brainy.format.partitioning import (
+    basis_dimensions,
     nearest_centroids,
     probed_partitions,
     train_basis,
@@ -114,11 +115,26 @@ def test_basis_holds_the_top_directions_of_the_rows():
     strong = rng.standard_normal((4000, 8)).astype(np.float32) * 10
     rows = np.concatenate([strong, rng.standard_normal((4000, 120)).astype(np.float32)], axis=1)
     basis = train_basis(rows, "dot")
-    assert basis.shape == (128, 32) and np.allclose(basis.T @ basis, np.eye(32), atol=1e-4)
+    r = basis_dimensions(128)
+    assert basis.shape == (128, r) and np.allclose(basis.T @ basis, np.eye(r), atol=1e-4)
     # The 8 strong coordinates lie (almost) wholly inside the basis's span.
     inside = np.linalg.norm(basis[:8], axis=1)
     assert (inside > 0.99).all()
     assert train_basis(rows[:, :64], "dot") is None  # too few dimensions to pay
+
+
+
+def test_a_wider_basis_written_before_is_read_as_its_strongest_directions():
+    """Centroids trained when the basis kept a quarter of the dimensions (still in
+    buckets: never rewritten) scan in what a basis keeps now, its head columns."""
+    rng = np.random.default_rng(4)
+    rows = rng.standard_normal((2000, 128)).astype(np.float32) * np.linspace(3, 0.1, 128)
+    wide = np.linalg.qr(rng.standard_normal((128, 32)))[0].astype(np.float32)
+    matrix = rng.standard_normal((4, 128)).astype(np.float32)
+    read = decode_centroids(encode_centroids(Centroids(matrix, {}, wide)))
+    assert read.basis is not None and read.basis.flags.c_contiguous
+    assert np.array_equal(read.basis, wide[:, : basis_dimensions(128)])
+    assert train_basis(rows, "dot").shape == read.basis.shape
 
 
 def test_fewer_distinct_rows_than_partitions_still_trains():

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from brainy.format.partitioning import basis_dimensions
 from brainy.storage import ObjectStore, PreconditionFailed
 
 MAGIC = b"BRAINYC2"
@@ -121,7 +122,10 @@ def decode_centroids(data: bytes, key: str = "") -> Centroids:
         if len(extra) < end:
             raise CorruptCentroids(f"{key}: truncated basis of {dimension} x {reduced}")
         raw = np.frombuffer(extra[_REDUCED.size : end], dtype="<f4")
-        basis = raw.reshape(dimension, reduced).astype(np.float32) if reduced else None
+        # Directions come strongest first: a basis wider than a scan reads now
+        # (centroids trained before, when it kept a quarter) is cut to its head.
+        basis = raw.reshape(dimension, reduced)[:, : basis_dimensions(dimension) or reduced]
+        basis = np.ascontiguousarray(basis, dtype=np.float32) if reduced else None
         extra = extra[end:]
     try:
         calibration = json.loads(extra) if extra else {}

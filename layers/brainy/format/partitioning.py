@@ -167,15 +167,25 @@ def train_centroids(
 
 
 # A basis is trained for collections of at least this dimension, keeping a
-# quarter of it: on the shared MiniLM vectors (384-d) and on 200k Gaussian draws
-# shaped like them, a scan in 96 dimensions whose best 300 of 200,000 rows are
-# re-ranked in full keeps recall@10 at 0.99 (128 dimensions: 0.99 from the best
-# 100), while reading a quarter of the bytes.
+# sixth of it (`basis_dimensions`). A scan in the basis reads that share of a full
+# scan's bytes, and its best candidates are re-ranked in full
+# (`brainy.read.search.ReducedPool`). Measured at the default target 0.95, with
+# 1M rows (200 queries) and the shared MiniLM set (500): 64 dimensions
+# re-ranking 8 x 160 candidates against 96 re-ranking 4 x 160, recall@10
+# 0.982 / 0.990 at 12.3 / 15.5 ms on the Gaussian set, 0.987 / 0.998 at
+# 8.0 / 10.0 ms on the mixture, 0.977 / 0.980 at 1.04 / 1.03 ms on the real
+# vectors; at 0.99, 0.997 either way. 48 dimensions re-ranking 16 x 160: 0.978 at
+# 11.3 ms (Gaussian), 0.976 at 8.0 ms (mixture).
 BASIS_MIN_DIMENSION = 128
 
 
+def basis_dimensions(dimension: int) -> int:
+    """The dimensions of the basis a scan reads, for vectors of `dimension`."""
+    return dimension // 6
+
+
 def train_basis(sample: np.ndarray, metric: str) -> np.ndarray | None:
-    """The top `dimension // 4` eigenvectors of the sample's second moment
+    """The top `basis_dimensions` eigenvectors of the sample's second moment
     (uncentred: inner products, not distances from the mean, are what a scan
     ranks by), as a dimension x r float32 matrix; None below
     `BASIS_MIN_DIMENSION`. Angular rows are normalised first, as they are scored."""
@@ -186,5 +196,5 @@ def train_basis(sample: np.ndarray, metric: str) -> np.ndarray | None:
     if metric == "angular":
         points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-30)
     values, vectors = np.linalg.eigh(points.T @ points)
-    top = np.argsort(-values)[: dimension // 4]
+    top = np.argsort(-values)[: basis_dimensions(dimension)]
     return np.ascontiguousarray(vectors[:, top], dtype=np.float32)

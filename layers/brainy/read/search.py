@@ -326,10 +326,12 @@ def _rescore(
 REDUCED_MIN_ROWS = 1024
 RERANK_SHARE = 8
 # A query's pool re-ranks this many times `rerank_candidates` (within a share of the
-# rows scanned): measured on 1M Gaussian rows, 48 partitions probed, recall@10 was
-# 0.934 / 0.953 / 0.960 re-ranking 1 / 2 / 4 times 160 rows in all, and 0.961
-# re-ranking 160 of each partition (7,680 rows, and 40 % more time).
-POOLED = 4
+# rows scanned): measured on 1M Gaussian rows, 48 partitions probed, 96 dimensions,
+# recall@10 was 0.934 / 0.953 / 0.960 re-ranking 1 / 2 / 4 times 160 rows in all,
+# and 0.961 re-ranking 160 of each partition (7,680 rows, and 40 % more time). A
+# basis of 64 dimensions needs twice the candidates of one of 96 for about the same
+# recall (`brainy.format.partitioning.basis_dimensions`).
+POOLED = 8
 
 
 def _worth_reducing(rows: int, k: int, recall_target: float) -> bool:
@@ -367,7 +369,7 @@ def _reducible(
 
 class ReducedPool:
     """Scans in the collection's reduced basis, pooled over the segments of a query:
-    each segment's rows projected on `basis` (a quarter of the bytes of a full scan)
+    each segment's rows projected on `basis` (a sixth of the bytes of a full scan)
     are scored against the query's projection, and only the best
     `rerank_candidates` of all of them (not of each segment) are scored exactly on
     their full vectors. A query probing tens of partitions re-ranks a few hundred
@@ -403,7 +405,7 @@ class ReducedPool:
         share = min(POOLED * self.candidates, approx.size // RERANK_SHARE)
         take = min(approx.size, max(self.candidates, share))
         if take < approx.size:
-            chosen = np.argpartition(-approx, take - 1)[:take]
+            chosen = np.argpartition(approx, approx.size - take)[approx.size - take :]
         else:
             chosen = np.arange(take)
         chosen = np.sort(chosen[np.isfinite(approx[chosen])])
