@@ -123,7 +123,6 @@ def test_basis_holds_the_top_directions_of_the_rows():
     assert train_basis(rows[:, :64], "dot") is None  # too few dimensions to pay
 
 
-
 def test_a_wider_basis_written_before_is_read_as_its_strongest_directions():
     """Centroids trained when the basis kept a quarter of the dimensions (still in
     buckets: never rewritten) scan in what a basis keeps now, its head columns."""
