@@ -176,16 +176,20 @@ def serve_directly(
     and do nothing `serve` needs (bench/README.md "http"). Everything after the
     request is built is the same code as through Flask: routing, errors, logs.
 
-    Nothing changes outside functions-framework (no app context: the development
-    server, a test importing the module), nor when `LOG_EXECUTION_ID` asks for
-    functions-framework's execution ids in the logs.
+    Nothing changes outside functions-framework's import (no app context, or an
+    app that is not the one it builds, whose WSGI callable is its execution-id
+    middleware: the Lambda adapter imports the module inside a Flask app of its
+    own), nor when `LOG_EXECUTION_ID` asks for functions-framework's execution ids
+    in the logs.
     """
     import flask
+    from functions_framework.execution_id import WsgiMiddleware
 
     if not flask.has_app_context() or _execution_id_logging():
         return
     app = flask.current_app
-    app.wsgi_app = Direct(app.wsgi_app, role, routes, on_start)  # type: ignore[method-assign]
+    if isinstance(app.wsgi_app, WsgiMiddleware):
+        app.wsgi_app = Direct(app.wsgi_app, role, routes, on_start)  # type: ignore[method-assign]
 
 
 def _execution_id_logging() -> bool:
