@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import xxhash
 
+from brainy.format import partitioning
 from brainy.format.centroids import (
     Centroids,
     CorruptCentroids,
@@ -121,6 +122,21 @@ def test_basis_holds_the_top_directions_of_the_rows():
     inside = np.linalg.norm(basis[:8], axis=1)
     assert (inside > 0.99).all()
     assert train_basis(rows[:, :64], "dot") is None  # too few dimensions to pay
+
+
+def test_the_basis_is_summed_in_blocks_and_leaves_the_sample_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(6)
+    rows = rng.standard_normal((3000, 128)) * np.linspace(5, 0.1, 128)  # float64
+    before = rows.copy()
+    blocks = train_basis(rows, "angular")
+    monkeypatch.setattr(partitioning, "_MOMENT_ROWS", len(rows))
+    whole = train_basis(rows, "angular")
+    assert np.array_equal(rows, before)
+    # The same directions (up to sign): a distinct spectrum fixes each one.
+    r = basis_dimensions(128)
+    assert np.allclose(np.abs(blocks.T @ whole), np.eye(r), atol=1e-3)
 
 
 def test_a_wider_basis_written_before_is_read_as_its_strongest_directions():
