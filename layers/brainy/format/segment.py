@@ -351,8 +351,12 @@ class IndexRows:
 
     def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
         rows = np.arange(self.shape[0])[index]
-        chunks = read_vectors(self.ann_path, self.metric, self.shape[1], rows).chunks
-        return np.concatenate([*chunks, np.zeros((0, self.shape[1]), np.float32)])
+        out = np.empty((rows.size, self.shape[1]), dtype=np.float32)
+        at = 0  # filled a chunk at a time: the chunks are never all held at once
+        for chunk in read_vectors(self.ann_path, self.metric, self.shape[1], rows).chunks:
+            out[at : at + len(chunk)] = chunk
+            at += len(chunk)
+        return out
 
 
 def _node_size(metric: str, dimension: int) -> int:
