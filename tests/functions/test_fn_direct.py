@@ -131,7 +131,7 @@ def test_a_failure_outside_the_handlers_is_answered_as_json(
         raise RuntimeError("the log handler is gone")
 
     monkeypatch.setattr(web, "serve", broken)
-    reply = Client(web.Direct(lambda e, s: [], "search", {}, None)).post("/search", data=b"{}")
+    reply = Client(web.Direct("search", {}, None)).post("/search", data=b"{}")
     assert reply.status_code == 500
     assert reply.json == {
         "error": {

@@ -167,11 +167,12 @@ def serve_directly(
     role: str, routes: Routes, on_start: Callable[[Any], object] | None = None
 ) -> None:
     """Serve the function's requests straight from WSGI: `serve` runs on a request
-    built from the WSGI environ, ahead of Flask and functions-framework's middleware.
+    built from the WSGI environ, in place of Flask and functions-framework's
+    middleware.
 
     Called when the function's module is imported. functions-framework imports it
-    inside the context of the Flask app it is about to serve, and the app's WSGI
-    callable is wrapped by `Direct`. Flask's dispatch (request context, URL map,
+    inside the context of the Flask app it is about to serve, and `Direct` takes
+    the place of the app's WSGI callable. Flask's dispatch (request context, URL map,
     response hooks) and the middleware's execution id cost about 0.3 ms a request
     and do nothing `serve` needs (bench/README.md "http"). Everything after the
     request is built is the same code as through Flask: routing, errors, logs.
@@ -189,39 +190,28 @@ def serve_directly(
         return
     app = flask.current_app
     if isinstance(app.wsgi_app, WsgiMiddleware):
-        app.wsgi_app = Direct(app.wsgi_app, role, routes, on_start)  # type: ignore[method-assign]
+        app.wsgi_app = Direct(role, routes, on_start)  # type: ignore[method-assign]
 
 
 def _execution_id_logging() -> bool:
-    """functions-framework's own test of `LOG_EXECUTION_ID` (strtobool's truths)."""
-    return os.environ.get("LOG_EXECUTION_ID", "").lower() in ("y", "yes", "t", "true", "on", "1")
+    """functions-framework's own test of `LOG_EXECUTION_ID` (strtobool's truths,
+    case as given)."""
+    return os.environ.get("LOG_EXECUTION_ID") in ("y", "yes", "t", "true", "on", "1")
 
 
 class Direct:
-    """WSGI app: every request to `serve` (see `serve_directly`); `framework` is the
-    app it stands in front of, kept for whoever needs to reach it."""
+    """WSGI app: every request to `serve` (see `serve_directly`)."""
 
-    def __init__(
-        self,
-        framework: Callable[..., Any],
-        role: str,
-        routes: Routes,
-        on_start: Callable[[Any], object] | None,
-    ) -> None:
-        self.framework = framework
+    def __init__(self, role: str, routes: Routes, on_start: Callable[[Any], object] | None) -> None:
         self.role = role
         self.routes = routes
         self.on_start = on_start
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
-        try:
-            response = serve(request, self.role, self.routes, self.on_start)
-        except Exception as e:
-            # What `guarded` did not catch (a failure of the logging, say) answers as
-            # every other error does, not as the server's HTML page.
-            log.exception("unexpected failure")
-            response = error_response(500, "internal", "server", f"{type(e).__name__}: {e}")
+        # What `serve` lets through (a failure of the logging, say) answers as every
+        # other error does, not as the server's HTML page.
+        response = guarded(lambda: serve(request, self.role, self.routes, self.on_start))
         return response(environ, start_response)
 
 
