@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from annoy import AnnoyIndex
 
+from brainy.core.heap import release_freed
 from brainy.format.partitioning import centroid_scores, nearest_centroids
 
 # Recall levels recorded, as the header's keys ("0.9", "0.95", "0.99").
@@ -154,6 +155,8 @@ def calibrate(
     queries, own = _queries(vectors, rows, metric, rng)
     truth = _ground_truth(vectors, queries, own, metric, k)
     scan_seconds = exact_seconds(vectors, rows, k)
+    # The exact passes' blocks, freed, are not held while Annoy maps its pages.
+    release_freed()
     cap = n * n_trees
     search_k = min(cap, k * n_trees)
     found: dict[str, int | None] = {level_key(level): None for level in LEVELS}

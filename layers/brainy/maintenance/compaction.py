@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from brainy.core.config import CollectionSchema, Settings
+from brainy.core.heap import release_freed
 from brainy.format.calibration import (
     Neighbours,
     calibrate_probes,
@@ -876,6 +877,7 @@ def _build_outputs(
     results: list[_Built] = []
     try:
         routing = inputs.routing = _routing(ctx, plan, schema, inputs, current)
+        release_freed()  # the training sample's pages, before the rows are split
         if plan.level0 and len(plan.outputs) > 1:
             inputs.stage(plan.level0, ctx.masks, plan.floor)
         if routing.trained:
