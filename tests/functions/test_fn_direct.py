@@ -6,6 +6,7 @@ serves when `LOG_EXECUTION_ID` asks for functions-framework's own logging."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from harness import REPO, FunctionServer, Reply
 from werkzeug.test import Client
 
+from brainy.core import logs
 from brainy.entry import web
 from conftest import Launcher
 from helpers import declare, make_app
@@ -128,16 +130,51 @@ def test_a_failure_outside_the_handlers_is_answered_as_json(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("the log handler is gone")
+        raise RuntimeError("the routing table is gone")
 
-    monkeypatch.setattr(web, "serve", broken)
+    monkeypatch.setattr(web, "_route", broken)
     reply = Client(web.Direct("search", {}, None)).post("/search", data=b"{}")
     assert reply.status_code == 500
     assert reply.json == {
         "error": {
             "code": "internal",
             "field": "server",
-            "reason": "RuntimeError: the log handler is gone",
-            "message": "server: RuntimeError: the log handler is gone",
+            "reason": "RuntimeError: the routing table is gone",
+            "message": "server: RuntimeError: the routing table is gone",
         }
     }
+
+
+def test_the_request_is_logged_once_its_answer_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The log line follows the answer (the server closes it once sent), and still
+    carries what the request bound: its id, the collection."""
+    monkeypatch.setattr(web, "instance", lambda role, on_start=None: object())
+
+    def echo(app: Any, request: Any) -> Any:
+        logs.bind(collection="docs")
+        return web.json_response(200, {"ok": True})
+
+    lines: list[dict[str, Any]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(logs.JsonFormatter().format(record)))
+
+    logger = logging.getLogger("brainy.entry.web")
+    handler = Keep()
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    try:
+        client = Client(web.Direct("search", {("POST", "/echo"): echo}, None))
+        reply = client.post("/echo", data=b"{}", headers={"X-Request-Id": "req-7"}, buffered=False)
+        assert (reply.status_code, reply.get_data()) == (200, b'{"ok":true}')
+        assert lines == []
+        reply.close()
+    finally:
+        logger.removeHandler(handler)
+    assert [(line["request_id"], line["collection"], line["status"]) for line in lines] == [
+        ("req-7", "docs", 200)
+    ]
+    assert lines[0]["message"].startswith("POST /echo 200 (")
