@@ -46,7 +46,6 @@ import xxhash
 from annoy import AnnoyIndex
 
 from brainy.core.config import CollectionSchema
-from brainy.core.heap import release_freed
 from brainy.core.jsonio import decode_json
 from brainy.format.calibration import calibrate
 from brainy.format.sketch import CorruptSketch, RowStats, Sketch, SketchSpan, write_sketch
@@ -168,8 +167,6 @@ def build_segment(
     workdir.mkdir(parents=True, exist_ok=True)
     sketched = n > 0 and sketch_up_to is not None and n <= sketch_up_to
     stats = RowStats.empty(dim, n) if sketched else None
-    # What gathering the rows left freed is not held beside the index's pages.
-    release_freed()
     ann_path = _build_annoy(vectors, metric, n_trees, seed, workdir, threads, stats) if n else None
     calibration = None
     if ann_path is not None and calibrate_above is not None and n > calibrate_above:

@@ -587,6 +587,8 @@ def _gather(plan: Plan, out: OutputPlan, inputs: _Inputs, masks: Masks, workdir:
             _chain(d.writers for d in dead),
         ),
     )
+    # What gathering the rows left freed is not held beside the index's pages.
+    release_freed()
     built = build_collection_segment(schema, seg_rows, workdir)
     return _Output(out, built, row_of, tombstones_in)
 
