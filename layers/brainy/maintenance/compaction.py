@@ -520,14 +520,21 @@ class _Inputs:
         total = int(ends[-1]) if len(ends) else 0
         rng = np.random.default_rng(self.schema.seed)
         picks = np.sort(rng.choice(total, min(size, total), replace=False))
-        out: list[np.ndarray] = [np.zeros((0, self.schema.dimension), dtype=np.float32)]
+        # Filled in place: chunks copied, then concatenated, held the sample twice
+        # (and glibc kept the chunks' pages after, see `brainy.core.heap`).
+        out = np.empty((picks.size, self.schema.dimension), dtype=np.float32)
+        at = 0
         for ref, rows, end in zip(level0, live, ends.tolist(), strict=True):
             mine = picks[(picks >= end - rows.size) & (picks < end)] - (end - rows.size)
             segment = load_segment(self.store, ref.key, ref.id, self.cache_dir)
             header = segment.header
             chunks = read_vectors(segment.ann_path, header.metric, header.dimension, rows[mine])
-            out.extend(chunk.copy() for chunk in chunks.chunks)
-        return np.concatenate(out)
+            for chunk in chunks.chunks:
+                out[at : at + len(chunk)] = chunk
+                at += len(chunk)
+        if at != picks.size:
+            raise ValueError(f"compaction sample: {at} vectors read for {picks.size} rows")
+        return out
 
     def part(self, ref: SegmentRef, partition: int, floor: int, masks: Masks) -> _Part:
         """What input `ref` gives the output of `partition`."""
