@@ -91,6 +91,10 @@ DIRTY_FRACTION = 0.3
 # SAMPLE_CAP rows): enough for k-means, bounded in memory and time.
 SAMPLE_PER_PARTITION = 64
 SAMPLE_CAP = 65_536
+# A partition of at least these raw bytes returns the heap's free pages before its
+# build (`brainy.core.heap`): a trim costs its pages' faults when they are reused,
+# worth it where the build's peak is the compaction's, not for small partitions.
+TRIM_BEFORE_BYTES = 32 << 20
 # A semantic collection's first compaction waits for this many live level-0 rows
 # per partition: its centroids are kept for good, so they are not trained on a
 # handful of rows (level-0 segments are searched in full meanwhile).
@@ -594,8 +598,9 @@ def _gather(plan: Plan, out: OutputPlan, inputs: _Inputs, masks: Masks, workdir:
             _chain(d.writers for d in dead),
         ),
     )
-    # What gathering the rows left freed is not held beside the index's pages.
-    release_freed()
+    if count * schema.dimension * 4 >= TRIM_BEFORE_BYTES:
+        # What gathering the rows left freed is not held beside the index's pages.
+        release_freed()
     built = build_collection_segment(schema, seg_rows, workdir)
     return _Output(out, built, row_of, tombstones_in)
 
