@@ -104,6 +104,15 @@ class VectorChunks:
     count: int
     chunks: Iterable[np.ndarray]
 
+    def read_into(self, out: np.ndarray) -> int:
+        """Copy the chunks, in order, into the first rows of `out`; returns the rows
+        they held. One array filled in place: the chunks are never all held at once."""
+        at = 0
+        for chunk in self.chunks:
+            out[at : at + len(chunk)] = chunk
+            at += len(chunk)
+        return at
+
 
 @dataclass(frozen=True)
 class SegmentRows:
@@ -352,10 +361,7 @@ class IndexRows:
     def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
         rows = np.arange(self.shape[0])[index]
         out = np.empty((rows.size, self.shape[1]), dtype=np.float32)
-        at = 0  # filled a chunk at a time: the chunks are never all held at once
-        for chunk in read_vectors(self.ann_path, self.metric, self.shape[1], rows).chunks:
-            out[at : at + len(chunk)] = chunk
-            at += len(chunk)
+        read_vectors(self.ann_path, self.metric, self.shape[1], rows).read_into(out)
         return out
 
 

@@ -533,9 +533,7 @@ class _Inputs:
             segment = load_segment(self.store, ref.key, ref.id, self.cache_dir)
             header = segment.header
             chunks = read_vectors(segment.ann_path, header.metric, header.dimension, rows[mine])
-            for chunk in chunks.chunks:
-                out[at : at + len(chunk)] = chunk
-                at += len(chunk)
+            at += chunks.read_into(out[at:])
         if at != picks.size:
             raise ValueError(f"compaction sample: {at} vectors read for {picks.size} rows")
         return out
